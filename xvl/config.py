@@ -1,0 +1,148 @@
+"""The configuration schema: typed nested dataclasses.
+
+A run is described by one YAML file plus dotted ``key=value`` overrides::
+
+    xvl train configs/flickr8k-ml-tiny.yaml train.max_steps=200 model.embed_dim=128
+
+Unknown keys and wrong types are errors that name the key (and the closest valid key) before any
+work starts; the resolved config is written to the run directory as ``config.yaml``.
+Generic machinery (parsing, overrides, type checks) lives in :mod:`xvl.configlib`; this module
+only declares what the keys are and checks the cross-field rules in ``validate``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Literal, Optional
+
+from xvl.configlib import ConfigError, load_config, save_config, to_dict  # noqa: F401  (re-export)
+
+
+@dataclass
+class VisionConfig:
+    """Image tower: any timm model name."""
+
+    name: str = "vit_tiny_patch16_224"
+    pretrained: bool = False  # timm weights by name (needs a hub or a local HF cache)
+    checkpoint: Optional[str] = None  # local weights file (.safetensors preferred) for the timm model
+    image_size: int = 224
+    crop_pct: float = 1.0  # eval resize/crop ratio; 1.0 keeps the whole (already squared) image
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs
+
+
+@dataclass
+class TokenizerConfig:
+    """Where the tokenizer comes from: a local HF tokenizer directory, or trained on the train data."""
+
+    path: Optional[str] = None  # local tokenizer dir (or hub name); None: text.pretrained's, else train one
+    vocab_size: int = 8000  # when training
+    model: Literal["unigram", "bpe"] = "unigram"
+    min_frequency: int = 2
+
+
+@dataclass
+class TextConfig:
+    """Text tower: a transformers encoder, from scratch (``model_type`` + ``config``) or a local dir."""
+
+    model_type: str = "xlm-roberta"
+    pretrained: Optional[str] = None  # local directory (or hub name) for AutoModel.from_pretrained
+    config: Dict[str, Any] = field(default_factory=dict)  # overrides for AutoConfig.for_model
+    pooling: Literal["mean", "cls"] = "mean"
+    max_length: int = 32
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+
+
+@dataclass
+class ModelConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    embed_dim: int = 256
+    init_temperature: float = 0.07
+    max_logit_scale: float = 100.0
+    # language vocabulary for batch["lang"] ids (ISO 639-1); later modules (adapters) route on it
+    # (order fixes the ids: append, never reorder, or saved models' ids shift)
+    languages: List[str] = field(default_factory=lambda: [
+        "en", "de", "fr", "es", "ru", "ja", "zh", "cs", "nl", "id", "tr", "pt", "ko", "bn"])
+
+
+@dataclass
+class DataConfig:
+    """Image-caption data in the flickr8k-ml jsonl schema (one record per image, several captions)."""
+
+    root: str = "../shared/data"  # relative paths below resolve against this
+    train: str = "flickr8k-ml/train.jsonl"
+    val: Optional[str] = "flickr8k-ml/val.jsonl"
+    image_root: Optional[str] = None  # default: the jsonl's directory
+    languages: Optional[List[str]] = None  # keep captions in these languages only (None: all)
+    exclude_kinds: List[str] = field(default_factory=list)  # e.g. ["machine_translation"]
+    # one caption per image per step: pick a language uniformly, then one of its captions
+    caption_sampling: Literal["uniform_language", "uniform_caption"] = "uniform_language"
+    augment: bool = False  # random resized crop (scale below); off for data whose captions name positions
+    augment_scale: List[float] = field(default_factory=lambda: [0.7, 1.0])
+    num_workers: int = 1
+    max_train_records: Optional[int] = None  # first N records (smoke runs)
+
+
+@dataclass
+class ObjectiveSpec:
+    """One objective: a registry name, its weight in the sum, and its own typed options."""
+
+    name: str = "itc"
+    weight: float = 1.0
+    args: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/default"
+    seed: int = 0
+    max_steps: int = 1000
+    batch_size: int = 64  # per process and per micro-step
+    grad_accum_steps: int = 1
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0  # 0 disables
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on capable GPUs, fp32 on CPU
+    log_every: int = 10
+    eval_every: int = 0  # 0: evaluate at the end only
+    ckpt_every: int = 500  # 0: only the final checkpoint
+    keep_checkpoints: int = 2
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 128
+    include_machine_translation: bool = False
+
+
+@dataclass
+class XVLConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    objectives: List[ObjectiveSpec] = field(default_factory=lambda: [ObjectiveSpec()])
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        t = self.train
+        for key in ("max_steps", "batch_size", "grad_accum_steps"):
+            if getattr(t, key) < 1:
+                raise ConfigError(f"train.{key} must be >= 1, got {getattr(t, key)}")
+        if len(t.betas) != 2:
+            raise ConfigError(f"train.betas must have two values, got {t.betas}")
+        if not self.objectives:
+            raise ConfigError("objectives: at least one objective is required")
+        lo, hi = self.data.augment_scale
+        if not 0 < lo <= hi <= 1:
+            raise ConfigError(f"data.augment_scale must satisfy 0 < lo <= hi <= 1, got {self.data.augment_scale}")
+        if len(set(self.model.languages)) != len(self.model.languages):
+            raise ConfigError(f"model.languages has duplicates: {self.model.languages}")
+
+
+def load(path: Optional[str] = None, overrides=(), base: Optional[dict] = None) -> XVLConfig:
+    """Load an :class:`XVLConfig` from YAML (optional) plus dotted overrides."""
+    return load_config(XVLConfig, path, list(overrides), base=base)
