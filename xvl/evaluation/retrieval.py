@@ -1,0 +1,451 @@
+"""Multilingual image-text retrieval evaluation (Recall@K, both directions, per language).
+
+Library behind ``xvl eval retrieval --model DIR --data FILE.jsonl [--image-root DIR] [--out FILE.json]``.
+
+Input: a jsonl file, one record per image::
+
+    {"image_id": "0001", "image": "images/0001.jpg",
+     "captions": [{"lang": "de", "text": "...", "kind": "native", "source": "..."}, ...]}
+
+Several captions per image and per language are allowed. ``kind`` is one of ``original``,
+``native``, ``human_translation``, ``machine_translation``.
+
+Output (``evaluate_retrieval``)::
+
+    {"per_language": {LANG: {"i2t": {"r1", "r5", "r10"}, "t2i": {"r1", "r5", "r10"},
+                             "mean_recall", "n_images", "n_captions"}},
+     "average": {"i2t": {...}, "t2i": {...}, "mean_recall"},
+     "n_skipped": {reason: count}}
+
+Recalls are fractions in [0, 1]. ``mean_recall`` is the mean of the six recalls; ``average`` is
+the unweighted mean over languages of each recall and of ``mean_recall``.
+
+Ranking rules (see :func:`recall_at_k`):
+
+* per language, the candidates are the images with at least one caption in that language, and
+  the text candidates are all captions of that language;
+* image->text: a hit at k when ANY of the image's captions (in that language) is ranked within k;
+* text->image: each caption ranks the candidate images; a hit when its own image is within k;
+* ties count AGAINST the query (pessimistic).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from typing import Iterable, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from xvl.data.images import SkipCounter, load_image
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["recall_at_k", "evaluate_retrieval", "load_records", "format_retrieval_table"]
+
+DEFAULT_KS = (1, 5, 10)
+MACHINE_TRANSLATION = "machine_translation"
+_MISS = 2 ** 62  # rank given to a query whose true item cannot be scored (a miss for every k)
+
+
+# --------------------------------------------------------------------------------------------
+# Recall@K
+# --------------------------------------------------------------------------------------------
+def _check_ks(ks: Sequence[int]) -> tuple:
+    ks = tuple(int(k) for k in ks)
+    if not ks or any(k < 1 for k in ks):
+        raise ValueError(f"ks must be a non-empty sequence of positive integers, got {ks!r}")
+    return ks
+
+
+def _poison_nonfinite_rows(emb: Tensor, what: str) -> Tensor:
+    """Replace rows holding any NaN/inf by all-NaN rows (their scores then count as misses)."""
+    bad = ~torch.isfinite(emb).all(dim=1)
+    n_bad = int(bad.sum())
+    if n_bad:
+        logger.warning(
+            "recall_at_k: %d of %d %s embeddings are not finite; they are scored pessimistically "
+            "(never a hit, always ranked ahead of the true item)", n_bad, emb.shape[0], what)
+        emb = emb.clone()
+        emb[bad] = float("nan")
+    return emb
+
+
+@torch.no_grad()
+def recall_at_k(text_emb: Tensor, image_emb: Tensor, caption_image: Tensor,
+                ks: Sequence[int] = DEFAULT_KS, chunk_size: int = 1024) -> dict:
+    """Recall@K for image->text and text->image retrieval.
+
+    Args:
+        text_emb: ``[T, D]`` caption embeddings.
+        image_emb: ``[N, D]`` image embeddings. The score of a pair is the plain dot product, so
+            pass normalized embeddings for cosine similarity.
+        caption_image: ``[T]`` integer tensor; ``caption_image[t]`` is the row of ``image_emb``
+            that caption ``t`` describes. Every image must have at least one caption (an image
+            without captions cannot be a retrieval query, and must not be a candidate either):
+            ``ValueError`` otherwise.
+        ks: the cut-offs K; the result keys are ``f"r{k}"``.
+        chunk_size: similarities are computed ``chunk_size`` query rows at a time (a chunk of
+            captions x all images, then a chunk of images x all captions), so memory is
+            ``O(chunk_size * max(T, N))`` and the full ``T x N`` matrix is never materialised.
+            The result does not depend on ``chunk_size``.
+
+    Returns:
+        ``{"i2t": {"r1": float, ...}, "t2i": {"r1": float, ...}}``, fractions in [0, 1].
+
+    Ranking definition (the rank is the 0-based position; a hit at k means ``rank < k``):
+
+    * text->image, caption ``t`` with true image ``i``: ``rank = #{j != i : s(t, j) >= s(t, i)}``.
+    * image->text, image ``i`` with caption set ``C_i``: ``best = max_{c in C_i} s(c, i)`` and
+      ``rank = #{c not in C_i : s(c, i) >= best}``, i.e. a hit when ANY of the image's captions
+      is within the top k among all captions.
+
+    Ties are pessimistic: a wrong candidate scoring exactly as high as the true item is ranked
+    ahead of it (ties among the captions of the same image do not matter). Hence a degenerate
+    model (e.g. constant embeddings, where every score ties) gets recall 0 whenever there are
+    more than k wrong candidates -- at most the ~k/N of random guessing, never the 1.0 that
+    optimistic ("first index wins") tie-breaking would report. Recall@k is trivially 1.0 for
+    any model when a query has at most k-1 wrong candidates (e.g. N <= k for text->image).
+
+    Non-finite embeddings (NaN/inf rows) are scored pessimistically too, with a warning: a
+    non-finite true item is never a hit, a non-finite wrong candidate is always ranked ahead.
+    """
+    ks = _check_ks(ks)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if text_emb.dim() != 2 or image_emb.dim() != 2:
+        raise ValueError(f"text_emb and image_emb must be 2-D, got shapes "
+                         f"{tuple(text_emb.shape)} and {tuple(image_emb.shape)}")
+    T, D = text_emb.shape
+    N = image_emb.shape[0]
+    if image_emb.shape[1] != D:
+        raise ValueError(f"embedding sizes differ: text {D}, image {image_emb.shape[1]}")
+    if T == 0 or N == 0:
+        raise ValueError(f"need at least one caption and one image, got T={T}, N={N}")
+    caption_image = torch.as_tensor(caption_image)
+    if caption_image.shape != (T,):
+        raise ValueError(f"caption_image must have shape [{T}], got {tuple(caption_image.shape)}")
+    if caption_image.dtype.is_floating_point or caption_image.dtype == torch.bool:
+        raise ValueError(f"caption_image must be an integer tensor, got {caption_image.dtype}")
+
+    device = text_emb.device
+    caption_image = caption_image.to(device=device, dtype=torch.long)
+    if int(caption_image.min()) < 0 or int(caption_image.max()) >= N:
+        raise ValueError(f"caption_image values must be in [0, {N}), got range "
+                         f"[{int(caption_image.min())}, {int(caption_image.max())}]")
+    n_caps = torch.bincount(caption_image, minlength=N)
+    if bool((n_caps == 0).any()):
+        missing = torch.nonzero(n_caps == 0).flatten()[:10].tolist()
+        raise ValueError(f"{int((n_caps == 0).sum())} image(s) have no caption (e.g. rows "
+                         f"{missing}); leave them out of image_emb")
+
+    dtype = text_emb.dtype if text_emb.dtype in (torch.float32, torch.float64) else torch.float32
+    text_emb = _poison_nonfinite_rows(text_emb.to(dtype), "text")
+    image_emb = _poison_nonfinite_rows(image_emb.to(device=device, dtype=dtype), "image")
+
+    # ---- text -> image: a chunk of captions x all images at a time
+    t2i_rank = torch.empty(T, dtype=torch.long, device=device)
+    for start in range(0, T, chunk_size):
+        end = min(start + chunk_size, T)
+        sims = text_emb[start:end] @ image_emb.T                       # [c, N]
+        true_idx = caption_image[start:end].unsqueeze(1)                # [c, 1]
+        true = sims.gather(1, true_idx)                                 # [c, 1]
+        ahead = (sims >= true) | torch.isnan(sims)                      # ties and NaN count against
+        ahead.scatter_(1, true_idx, False)                              # the true image itself
+        rank = ahead.sum(1)
+        rank[torch.isnan(true.squeeze(1))] = _MISS                      # NaN true score: a miss
+        t2i_rank[start:end] = rank
+
+    # ---- image -> text: a chunk of images x all captions at a time
+    i2t_rank = torch.empty(N, dtype=torch.long, device=device)
+    for start in range(0, N, chunk_size):
+        end = min(start + chunk_size, N)
+        sims = image_emb[start:end] @ text_emb.T                        # [c, T]
+        own = caption_image.unsqueeze(0) == torch.arange(start, end, device=device).unsqueeze(1)
+        nan = torch.isnan(sims)
+        best = sims.masked_fill(~own | nan, float("-inf")).max(dim=1, keepdim=True).values
+        ahead = ((sims >= best) | nan) & ~own
+        rank = ahead.sum(1)
+        rank[(own & ~nan).sum(1) == 0] = _MISS                          # no scorable own caption
+        i2t_rank[start:end] = rank
+
+    def recalls(rank: Tensor) -> dict:
+        return {f"r{k}": float((rank < k).double().mean()) for k in ks}
+
+    return {"i2t": recalls(i2t_rank), "t2i": recalls(t2i_rank)}
+
+
+# --------------------------------------------------------------------------------------------
+# Records
+# --------------------------------------------------------------------------------------------
+def load_records(path: str) -> list:
+    """Read a retrieval jsonl file (one JSON object per line; blank lines are ignored).
+
+    Raises ``FileNotFoundError`` when the file does not exist and ``ValueError`` naming the file
+    and the 1-based line number for a line that is not valid UTF-8 / JSON, is not a JSON object,
+    or lacks an ``"image"`` string or a ``"captions"`` list.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"retrieval data file not found: {path}")
+    records = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}, line {lineno}: not valid UTF-8 ({e})") from None
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {lineno}: invalid JSON ({e.msg} at column "
+                                 f"{e.colno})") from None
+            if not isinstance(rec, dict):
+                raise ValueError(f"{path}, line {lineno}: expected a JSON object, got "
+                                 f"{type(rec).__name__}")
+            if not isinstance(rec.get("image"), str) or not rec["image"]:
+                raise ValueError(f"{path}, line {lineno}: record has no \"image\" path")
+            if not isinstance(rec.get("captions"), list):
+                raise ValueError(f"{path}, line {lineno}: record has no \"captions\" list")
+            records.append(rec)
+    return records
+
+
+# --------------------------------------------------------------------------------------------
+# End-to-end evaluation
+# --------------------------------------------------------------------------------------------
+def _progress(iterable: Iterable, enabled: bool, **kwargs):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, **kwargs)
+
+
+def _batches(seq: Sequence, size: int):
+    for i in range(0, len(seq), size):
+        yield seq[i:i + size]
+
+
+def _collect(records: list, languages, include_machine_translation: bool, skips: SkipCounter):
+    """Filter records/captions. Returns ``[(image_id, path, [(lang, text), ...]), ...]``."""
+    wanted = None
+    if languages is not None:
+        wanted = {languages} if isinstance(languages, str) else set(languages)
+    seen_ids = set()
+    out = []
+    for n, rec in enumerate(records):
+        if not isinstance(rec, dict) or not isinstance(rec.get("image"), str) \
+                or not rec["image"] or not isinstance(rec.get("captions"), list):
+            skips.skip("bad_record", f"record #{n}")
+            continue
+        image_id = str(rec.get("image_id", rec["image"]))
+        if image_id in seen_ids:
+            skips.skip("duplicate_image_id", image_id)
+            continue
+        seen_ids.add(image_id)
+        caps = []
+        for cap in rec["captions"]:
+            if not isinstance(cap, dict) or not isinstance(cap.get("lang"), str) or not cap["lang"]:
+                skips.skip("bad_caption", f"{image_id}: {cap!r:.80}")
+                continue
+            lang = cap["lang"]
+            if wanted is not None and lang not in wanted:
+                continue
+            if cap.get("kind") == MACHINE_TRANSLATION and not include_machine_translation:
+                continue
+            text = cap.get("text")
+            if not isinstance(text, str) or not text.strip():
+                skips.skip("empty_caption", f"{image_id} [{lang}]")
+                continue
+            caps.append((lang, text))
+        if caps:  # images without a usable caption are neither queries nor candidates
+            out.append((image_id, rec["image"], caps))
+    return out
+
+
+@torch.no_grad()
+def _encode_images(model, items: list, image_root: str, batch_size: int, device,
+                   skips: SkipCounter, progress: bool):
+    """Load, preprocess and encode images; returns (kept item indices, [n_kept, D] CPU tensor)."""
+    kept, embs = [], []
+    bar = _progress(range(0, len(items), batch_size), progress, desc="images",
+                    total=math.ceil(len(items) / batch_size), unit="batch")
+    for start in bar:
+        pixels, idx = [], []
+        for i in range(start, min(start + batch_size, len(items))):
+            image_id, rel, _ = items[i]
+            path = os.path.join(image_root, rel)
+            img = load_image(path, skips)  # counts + logs missing_image / bad_image
+            if img is None:
+                continue
+            try:
+                pixels.append(model.preprocess(img))
+            except Exception as e:  # a corrupt/degenerate image must not end a long eval
+                skips.skip("bad_image", f"{path}: preprocess failed: {e!r}")
+                continue
+            idx.append(i)
+        if not pixels:
+            continue
+        emb = model.encode_image(torch.stack(pixels).to(device), normalize=True)
+        embs.append(emb.detach().float().cpu())
+        kept.extend(idx)
+    if not embs:
+        return kept, None
+    return kept, torch.cat(embs)
+
+
+@torch.no_grad()
+def _encode_texts(model, texts: list, batch_size: int, device, progress: bool, desc: str) -> Tensor:
+    embs = []
+    bar = _progress(_batches(texts, batch_size), progress, desc=desc,
+                    total=math.ceil(len(texts) / batch_size), unit="batch")
+    for batch in bar:
+        tok = model.tokenize(list(batch))
+        emb = model.encode_text(input_ids=tok["input_ids"].to(device),
+                                attention_mask=tok["attention_mask"].to(device), normalize=True)
+        embs.append(emb.detach().float())
+    return torch.cat(embs)
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return float(sum(values) / len(values))
+
+
+def evaluate_retrieval(model, records: list, image_root: str, batch_size: int = 64,
+                       languages=None, include_machine_translation: bool = False,
+                       chunk_size: int = 1024, progress: bool = True) -> dict:
+    """Per-language Recall@{1,5,10} in both directions (see the module docstring for the output).
+
+    Args:
+        model: provides ``preprocess(pil) -> [3,H,W]``, ``tokenize(list[str]) -> {"input_ids",
+            "attention_mask"}``, ``encode_image(pixels, normalize=True)``,
+            ``encode_text(input_ids=, attention_mask=, normalize=True)`` and ``parameters()``.
+        records: as returned by :func:`load_records`.
+        image_root: directory the records' ``"image"`` paths are relative to (absolute paths
+            are used as they are; ``None`` or ``""`` means the current directory).
+        batch_size: images / captions per forward pass.
+        languages: restrict to these language codes (default: every language in the data).
+            A requested language without captions is left out with a warning.
+        include_machine_translation: also use captions of kind ``machine_translation``
+            (left out by default; leaving them out is a filter, not a skip, so not counted).
+        chunk_size: rows per similarity chunk, see :func:`recall_at_k`.
+        progress: show tqdm progress bars.
+
+    Each image is loaded and encoded once (only images with at least one usable caption), each
+    distinct caption text once per language. The model is put in eval mode under
+    ``torch.no_grad`` and its previous train/eval mode is restored afterwards.
+
+    Skips never crash the run; they are logged and counted in ``n_skipped``: ``missing_image``
+    / ``bad_image`` (the image with all its captions), ``empty_caption`` (empty or whitespace
+    text), and, for malformed input, ``bad_record``, ``bad_caption``, ``duplicate_image_id``.
+    ``ValueError`` when nothing is left to evaluate (e.g. every image failed to load).
+    Tie handling is pessimistic, see :func:`recall_at_k`.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    image_root = "" if image_root is None else os.fspath(image_root)
+    skips = SkipCounter("retrieval eval")
+    items = _collect(records, languages, include_machine_translation, skips)
+    if not items:
+        raise ValueError(f"no usable captions in {len(records)} records (languages={languages}, "
+                         f"include_machine_translation={include_machine_translation}); "
+                         f"skipped: {skips.as_dict()}")
+
+    device = next(model.parameters()).device
+    was_training = getattr(model, "training", False)
+    model.eval()
+    try:
+        kept, image_emb = _encode_images(model, items, image_root, batch_size, device, skips,
+                                         progress)
+        if image_emb is None:
+            raise ValueError(f"none of the {len(items)} images could be loaded from "
+                             f"{image_root or os.getcwd()!r}; skipped: {skips.as_dict()}")
+        image_emb = image_emb.to(device)
+
+        # captions per language, over the images that loaded: image_pos = row in image_emb
+        by_lang: dict = {}
+        for image_pos, item_idx in enumerate(kept):
+            for lang, text in items[item_idx][2]:
+                by_lang.setdefault(lang, []).append((image_pos, text))
+        if languages is not None:
+            wanted = [languages] if isinstance(languages, str) else list(languages)
+            for lang in wanted:
+                if lang not in by_lang:
+                    logger.warning("retrieval eval: no usable captions for language %r", lang)
+
+        per_language = {}
+        for lang in sorted(by_lang):
+            pairs = by_lang[lang]
+            # candidates: the images with at least one caption in this language
+            cand = sorted({pos for pos, _ in pairs})
+            local = {pos: j for j, pos in enumerate(cand)}
+            caption_image = torch.tensor([local[pos] for pos, _ in pairs], dtype=torch.long)
+            # encode each distinct text once
+            uniq = list(dict.fromkeys(text for _, text in pairs))
+            uniq_emb = _encode_texts(model, uniq, batch_size, device, progress, f"text [{lang}]")
+            row = {t: j for j, t in enumerate(uniq)}
+            text_emb = uniq_emb[torch.tensor([row[t] for _, t in pairs], device=uniq_emb.device)]
+            del uniq_emb
+            cand_emb = image_emb[torch.tensor(cand, device=image_emb.device)]
+            rec = recall_at_k(text_emb, cand_emb, caption_image, ks=DEFAULT_KS,
+                              chunk_size=chunk_size)
+            del text_emb, cand_emb
+            rec["mean_recall"] = _mean(list(rec["i2t"].values()) + list(rec["t2i"].values()))
+            rec["n_images"] = len(cand)
+            rec["n_captions"] = len(pairs)
+            per_language[lang] = rec
+            logger.info("retrieval [%s]: %d images, %d captions, mean recall %.4f",
+                        lang, len(cand), len(pairs), rec["mean_recall"])
+    finally:
+        model.train(was_training)
+
+    langs = list(per_language)
+    average = {
+        d: {f"r{k}": _mean(per_language[l][d][f"r{k}"] for l in langs) for k in DEFAULT_KS}
+        for d in ("i2t", "t2i")
+    }
+    average["mean_recall"] = _mean(per_language[l]["mean_recall"] for l in langs)
+    if skips.total:
+        logger.warning("retrieval eval: skipped %s", skips.as_dict())
+    return {"per_language": per_language, "average": average, "n_skipped": skips.as_dict()}
+
+
+# --------------------------------------------------------------------------------------------
+# Table
+# --------------------------------------------------------------------------------------------
+def format_retrieval_table(result: dict) -> str:
+    """Plain-text table of an :func:`evaluate_retrieval` result; recalls shown in percent.
+
+    Columns: lang, n_img, n_cap, i2t R@1/5/10, t2i R@1/5/10, mean recall; one row per language
+    (sorted), last row ``avg`` (the unweighted mean over languages; counts shown as ``-``).
+    """
+    ks = DEFAULT_KS
+    header = (["lang", "n_img", "n_cap"] + [f"i2t R@{k}" for k in ks] + [f"t2i R@{k}" for k in ks]
+              + ["mean R"])
+
+    def pct(x) -> str:
+        return "-" if x is None else f"{100.0 * float(x):.1f}"
+
+    def cells(name: str, r: dict, n_img, n_cap) -> list:
+        return ([name, str(n_img), str(n_cap)]
+                + [pct(r.get("i2t", {}).get(f"r{k}")) for k in ks]
+                + [pct(r.get("t2i", {}).get(f"r{k}")) for k in ks]
+                + [pct(r.get("mean_recall"))])
+
+    rows = [cells(lang, r, r.get("n_images", "-"), r.get("n_captions", "-"))
+            for lang, r in sorted(result.get("per_language", {}).items())]
+    rows.append(cells("avg", result.get("average", {}), "-", "-"))
+    widths = [max(len(header[c]), *(len(r[c]) for r in rows)) for c in range(len(header))]
+
+    def fmt(r: list) -> str:
+        return "  ".join(r[0].ljust(widths[0]) if c == 0 else r[c].rjust(widths[c])
+                         for c in range(len(r))).rstrip()
+
+    lines = [fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]
+    return "\n".join(lines)
