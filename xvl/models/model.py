@@ -1,0 +1,154 @@
+"""XVLModel: vision tower + text tower + projections + learnable temperature.
+
+The model computes features; it never computes losses (those live in :mod:`xvl.objectives`).
+``forward(batch)`` returns a dict of features that objectives consume; ``encode_image`` /
+``encode_text`` are the inference API. A model directory (``save_pretrained`` / :func:`load`)
+holds ``model.safetensors``, ``xvl_config.json``, ``text_config.json``, the tokenizer files and
+``preprocessor_config.json`` — no pickle anywhere.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from xvl.config import ModelConfig, to_dict
+from xvl.configlib import from_dict
+from xvl.models.text import TextTower
+from xvl.models.vision import VisionTower
+
+CONFIG_FILE = "xvl_config.json"
+TEXT_CONFIG_FILE = "text_config.json"
+WEIGHTS_FILE = "model.safetensors"
+PREPROCESSOR_FILE = "preprocessor_config.json"
+
+
+class XVLModel(nn.Module):
+    """Two-tower multilingual vision-language encoder.
+
+    Args:
+        cfg: the model section of the config.
+        tokenizer: a ``PreTrainedTokenizerFast`` (trained by ``xvl tokenizer train`` or any local HF
+            tokenizer directory); it travels with the model.
+        text_hf_config: rebuild the text tower from this exact HF config (used by :func:`load`).
+        load_weights: load pretrained / local checkpoint weights named in ``cfg`` (off when the
+            weights come from a model directory anyway).
+    """
+
+    def __init__(self, cfg: ModelConfig, tokenizer, text_hf_config=None, load_weights: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.vision = VisionTower(cfg.vision, load_weights=load_weights)
+        self.text = TextTower(cfg.text, tokenizer, hf_config=text_hf_config, load_weights=load_weights)
+        self.image_proj = nn.Linear(self.vision.width, cfg.embed_dim, bias=False)
+        self.text_proj = nn.Linear(self.text.width, cfg.embed_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
+        self.lang_to_id = {lang: i for i, lang in enumerate(cfg.languages)}
+        self._preprocess = None
+
+    # ----------------------------------------------------------------------------- inference API
+    @property
+    def preprocess(self):
+        """The eval image transform (PIL -> normalized tensor), built from timm's data config."""
+        if self._preprocess is None:
+            from timm.data import create_transform
+
+            self._preprocess = create_transform(**self.vision.data_config(), is_training=False)
+        return self._preprocess
+
+    def tokenize(self, texts: List[str], max_length: Optional[int] = None) -> Dict[str, torch.Tensor]:
+        """Pad and truncate ``texts`` to ``input_ids`` / ``attention_mask`` tensors."""
+        enc = self.tokenizer(list(texts), padding=True, truncation=True,
+                             max_length=max_length or self.cfg.text.max_length, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def encode_image(self, image: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        emb = self.image_proj(self.vision(image)["image_pooled"])
+        return F.normalize(emb, dim=-1) if normalize else emb
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    normalize: bool = True) -> torch.Tensor:
+        emb = self.text_proj(self.text(input_ids, attention_mask)["text_pooled"])
+        return F.normalize(emb, dim=-1) if normalize else emb
+
+    def get_logit_scale(self) -> torch.Tensor:
+        """exp(learnable log-scale), clamped at ``max_logit_scale`` (CLIP: 100)."""
+        return self.logit_scale.clamp(max=math.log(self.cfg.max_logit_scale)).exp()
+
+    # ------------------------------------------------------------------------------- training
+    def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Features for whatever the batch holds (``image``; ``input_ids``; ``pair_input_ids``).
+
+        Returns normalized ``image_embeds`` / ``text_embeds`` / ``pair_embeds`` plus the towers'
+        token states and pooled states and ``logit_scale``; objectives pick what they need.
+        """
+        out: Dict[str, torch.Tensor] = {"logit_scale": self.get_logit_scale()}
+        if "image" in batch:
+            v = self.vision(batch["image"])
+            out.update(v)
+            out["image_embeds"] = F.normalize(self.image_proj(v["image_pooled"]), dim=-1)
+        if "input_ids" in batch:
+            t = self.text(batch["input_ids"], batch["attention_mask"])
+            out.update(t)
+            out["text_embeds"] = F.normalize(self.text_proj(t["text_pooled"]), dim=-1)
+        if "pair_input_ids" in batch:
+            p = self.text(batch["pair_input_ids"], batch["pair_attention_mask"])
+            out["pair_tokens"], out["pair_pooled"] = p["text_tokens"], p["text_pooled"]
+            out["pair_embeds"] = F.normalize(self.text_proj(p["text_pooled"]), dim=-1)
+        return out
+
+    # --------------------------------------------------------------------------- persistence
+    def save_pretrained(self, directory: str) -> None:
+        """Write the model directory atomically (a temp dir renamed into place)."""
+        parent = os.path.dirname(os.path.abspath(directory))
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".tmp-model-", dir=parent)
+        try:
+            save_model(self, os.path.join(tmp, WEIGHTS_FILE))
+            cfg = to_dict(self.cfg)
+            with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+                json.dump({"model": cfg, "format": "xvl/1"}, f, indent=2)
+            self.text.model.config.to_json_file(os.path.join(tmp, TEXT_CONFIG_FILE))
+            with open(os.path.join(tmp, PREPROCESSOR_FILE), "w") as f:
+                json.dump(self.vision.data_config(), f, indent=2)
+            self.tokenizer.save_pretrained(tmp)
+            if os.path.exists(directory):
+                shutil.rmtree(directory)
+            os.replace(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @classmethod
+    def from_pretrained(cls, directory: str, map_location: str = "cpu") -> "XVLModel":
+        """Rebuild the architecture from the directory's configs and load its safetensors weights."""
+        from transformers import AutoConfig
+
+        from xvl.data.tokenizer import load_tokenizer
+
+        path = os.path.join(directory, CONFIG_FILE)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{directory} is not an xvl model directory (no {CONFIG_FILE})")
+        with open(path) as f:
+            cfg = from_dict(ModelConfig, json.load(f)["model"])
+        # weights come from model.safetensors: never fetch pretrained ones again
+        cfg.vision.pretrained, cfg.vision.checkpoint = False, None
+        tokenizer = load_tokenizer(directory)
+        text_cfg = AutoConfig.from_pretrained(os.path.join(directory, TEXT_CONFIG_FILE))
+        model = cls(cfg, tokenizer, text_hf_config=text_cfg, load_weights=False)
+        load_model(model, os.path.join(directory, WEIGHTS_FILE), strict=True, device=map_location)
+        return model.eval()
+
+
+def load(directory: str, map_location: str = "cpu") -> XVLModel:
+    """Load a model directory written by :meth:`XVLModel.save_pretrained`."""
+    return XVLModel.from_pretrained(directory, map_location=map_location)
