@@ -1,0 +1,68 @@
+"""The objective interface and the weighted composite the trainer calls.
+
+An objective is an ``nn.Module``: ``forward(outputs, batch) -> dict`` where ``outputs`` is the
+model's feature dict and ``batch`` the collated batch. Every key ending in ``_loss`` is a scalar
+loss; other keys are detached metrics for logging. Options are a typed dataclass (``Args``) built
+from the config's ``args`` mapping, so a typo there is an error before training starts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List
+
+import torch
+from torch import nn
+
+from xvl.configlib import from_dict
+from xvl.registry import OBJECTIVES
+
+
+class Objective(nn.Module):
+    """Base class: subclasses set ``name``, define a nested ``Args`` dataclass and ``forward``."""
+
+    name: str = "objective"
+
+    @dataclass
+    class Args:
+        pass
+
+    def __init__(self, args: "Objective.Args", model=None):
+        super().__init__()
+        self.args = args
+
+    def forward(self, outputs: Dict[str, torch.Tensor], batch: Dict) -> Dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+def build_objective(name: str, args: dict, model=None) -> Objective:
+    cls = OBJECTIVES.get(name)
+    return cls(from_dict(cls.Args, dict(args), prefix=f"objectives.{name}.args"), model=model)
+
+
+class CompositeObjective(nn.Module):
+    """Weighted sum of objectives: ``loss = sum_i w_i * <name_i>_loss``; all parts are logged."""
+
+    def __init__(self, objectives: List[Objective], weights: List[float]):
+        super().__init__()
+        self.parts = nn.ModuleList(objectives)
+        self.weights = list(weights)
+
+    def forward(self, outputs: Dict[str, torch.Tensor], batch: Dict) -> Dict[str, torch.Tensor]:
+        result: Dict[str, torch.Tensor] = {}
+        total = None
+        for obj, w in zip(self.parts, self.weights):
+            part = obj(outputs, batch)
+            for k, v in part.items():
+                if k.endswith("_loss"):
+                    total = w * v if total is None else total + w * v
+                    result[k] = v.detach()
+                else:
+                    result[k] = v.detach() if torch.is_tensor(v) else v
+        result["loss"] = total
+        return result
+
+
+def build_objectives(specs, model=None) -> CompositeObjective:
+    """From config ``objectives: [{name, weight, args}]``; unknown names/args fail here, up front."""
+    objs = [build_objective(s.name, s.args, model=model) for s in specs]
+    return CompositeObjective(objs, [s.weight for s in specs])
