@@ -1,0 +1,159 @@
+"""The ``xvl`` command. Thin: parse arguments, call the library, print results.
+
+    xvl demo [--out DIR]                             generate data, train, evaluate (the default)
+    xvl train CONFIG.yaml [key=value ...] [--resume] train from a recipe
+    xvl eval retrieval --model DIR --data FILE.jsonl [--image-root DIR] [--out FILE.json]
+    xvl tokenizer train --out DIR FILE [FILE ...]    train a multilingual tokenizer
+    xvl data demo --out DIR                          write the synthetic demo dataset
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+logger = logging.getLogger("xvl")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("urllib3", "PIL", "matplotlib", "filelock", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def cmd_train(args) -> int:
+    from xvl import config as C
+    from xvl.train.loop import train
+
+    cfg = C.load(args.config, args.overrides)
+    result = train(cfg, resume=args.resume)
+    print(f"model saved to {result.model_dir}")
+    if result.eval is not None:
+        from xvl.evaluation.retrieval import format_retrieval_table
+
+        print(format_retrieval_table(result.eval))
+    return 0
+
+
+def cmd_eval_retrieval(args) -> int:
+    import torch
+
+    import xvl
+    from xvl.evaluation.retrieval import evaluate_retrieval, format_retrieval_table, load_records
+
+    records = load_records(args.data)  # bad input fails before the model loads
+    image_root = args.image_root or os.path.dirname(os.path.abspath(args.data))
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = xvl.load(args.model).to(device)
+    result = evaluate_retrieval(model, records, image_root, batch_size=args.batch_size,
+                                languages=args.languages,
+                                include_machine_translation=args.include_machine_translation)
+    print(format_retrieval_table(result))
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1, ensure_ascii=False)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_tokenizer_train(args) -> int:
+    from xvl.data.tokenizer import train_tokenizer
+
+    t0 = time.perf_counter()
+    tok = train_tokenizer(args.inputs, vocab_size=args.vocab_size, model=args.model,
+                          min_frequency=args.min_frequency, max_length=args.max_length)
+    tok.save_pretrained(args.out)
+    print(f"trained a {args.model} tokenizer with {len(tok)} tokens in {time.perf_counter() - t0:.1f}s -> {args.out}")
+    return 0
+
+
+def cmd_data_demo(args) -> int:
+    from xvl.data.demo import generate_demo
+
+    paths = generate_demo(args.out, n_train=args.n_train, n_val=args.n_val, image_size=args.image_size,
+                          seed=args.seed)
+    print(f"demo data written to {paths.root}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from xvl.demo import run_demo
+
+    run_demo(args.out, overrides=args.overrides)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xvl", description="Multilingual vision-language pretraining")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="generate synthetic multilingual data, train, evaluate")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("overrides", nargs="*", help="dotted key=value overrides of the demo recipe")
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="train from a YAML recipe")
+    t.add_argument("config")
+    t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=3e-4")
+    t.add_argument("--resume", action="store_true", help="continue from the run dir's latest checkpoint")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a model directory")
+    esub = e.add_subparsers(dest="eval_command", required=True)
+    r = esub.add_parser("retrieval", help="multilingual image-text retrieval (flickr8k-ml schema)")
+    r.add_argument("--model", required=True)
+    r.add_argument("--data", required=True)
+    r.add_argument("--image-root")
+    r.add_argument("--out")
+    r.add_argument("--batch-size", type=int, default=128)
+    r.add_argument("--languages", nargs="*")
+    r.add_argument("--include-machine-translation", action="store_true")
+    r.add_argument("--device")
+    r.set_defaults(func=cmd_eval_retrieval)
+
+    k = sub.add_parser("tokenizer", help="tokenizer tools")
+    ksub = k.add_subparsers(dest="tokenizer_command", required=True)
+    kt = ksub.add_parser("train", help="train a multilingual tokenizer from text/jsonl files")
+    kt.add_argument("inputs", nargs="+", help="text files (one sentence a line), captions/VQA jsonl, or dirs")
+    kt.add_argument("--out", required=True)
+    kt.add_argument("--vocab-size", type=int, default=8000)
+    kt.add_argument("--model", choices=["unigram", "bpe"], default="unigram")
+    kt.add_argument("--min-frequency", type=int, default=2)
+    kt.add_argument("--max-length", type=int, default=64)
+    kt.set_defaults(func=cmd_tokenizer_train)
+
+    dd = sub.add_parser("data", help="data tools")
+    dsub = dd.add_subparsers(dest="data_command", required=True)
+    dm = dsub.add_parser("demo", help="write the synthetic multilingual demo dataset")
+    dm.add_argument("--out", required=True)
+    dm.add_argument("--n-train", type=int, default=3000)
+    dm.add_argument("--n-val", type=int, default=200)
+    dm.add_argument("--image-size", type=int, default=64)
+    dm.add_argument("--seed", type=int, default=0)
+    dm.set_defaults(func=cmd_data_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    from xvl.configlib import ConfigError
+
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
+        # bad input: one clear line, no traceback (use -v for the traceback)
+        if args.verbose:
+            raise
+        print(f"xvl: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Image-caption data in the flickr8k-ml jsonl schema, as a map-style torch Dataset.
+
+Schema (one record per image)::
+
+    {"image_id": str, "image": "images/<id>.jpg",
+     "captions": [{"lang": "de", "text": "...", "kind": "native", "source": "..."}, ...]}
+
+Everything that can be checked cheaply is checked when the source is opened, before training:
+the file exists and parses, image files exist, captions are non-empty, languages are known to the
+model. Problems are skipped, counted and logged (never silent). Images that turn out undecodable
+inside a running job are replaced by another sample (deterministically) and counted, so batch sizes
+stay equal across processes (the gathered contrastive loss needs that).
+
+Randomness (which caption, the crop) is a pure function of (seed, epoch, index), so a resumed run
+sees exactly the samples an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from xvl.data.images import SkipCounter, load_image
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CaptionRecord:
+    image_id: str
+    image_path: str
+    captions: Dict[str, List[str]]  # lang -> texts
+
+
+def read_jsonl(path: str) -> List[dict]:
+    """All records of a jsonl file; a bad line is an error naming the file and line number."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"data file not found: {path}")
+    records = []
+    with open(path, encoding="utf8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+    return records
+
+
+def load_caption_records(path: str, image_root: Optional[str] = None, languages: Optional[Sequence[str]] = None,
+                         exclude_kinds: Sequence[str] = (), known_languages: Optional[Sequence[str]] = None,
+                         max_records: Optional[int] = None, skips: Optional[SkipCounter] = None,
+                         check_files: bool = True) -> List[CaptionRecord]:
+    """Read and validate a captions jsonl.
+
+    Args:
+        image_root: directory image paths are relative to (default: the jsonl's directory).
+        languages: keep only captions in these languages.
+        exclude_kinds: drop captions of these kinds (e.g. ``machine_translation``).
+        known_languages: languages the model has ids for; a caption in another language is an
+            error here (before training), unless ``languages`` filtered it out.
+        check_files: skip (and count) records whose image file is missing.
+    """
+    skips = skips if skips is not None else SkipCounter(os.path.basename(path))
+    image_root = image_root or os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(image_root):
+        raise FileNotFoundError(f"image root not found: {image_root}")
+    keep_langs = set(languages) if languages else None
+    known = set(known_languages) if known_languages is not None else None
+    out: List[CaptionRecord] = []
+    for r in read_jsonl(path):
+        if max_records is not None and len(out) >= max_records:
+            break
+        if "image" not in r or "captions" not in r:
+            raise ValueError(f"{path}: record {r.get('image_id', '?')} lacks 'image' or 'captions'")
+        caps: Dict[str, List[str]] = {}
+        for c in r["captions"]:
+            lang = c.get("lang")
+            if keep_langs is not None and lang not in keep_langs:
+                continue
+            if c.get("kind") in exclude_kinds:
+                continue
+            if known is not None and lang not in known:
+                raise ValueError(
+                    f"{path}: caption language '{lang}' (image {r.get('image_id')}) is not in "
+                    f"model.languages {sorted(known)}; add it there or filter with data.languages")
+            text = (c.get("text") or "").strip()
+            if not text:
+                skips.skip("empty_caption", f"image {r.get('image_id')} lang {lang}")
+                continue
+            caps.setdefault(lang, []).append(text)
+        if not caps:
+            skips.skip("no_usable_caption", str(r.get("image_id")))
+            continue
+        img = os.path.join(image_root, r["image"])
+        if check_files and not os.path.exists(img):
+            skips.skip("missing_image", img)
+            continue
+        out.append(CaptionRecord(str(r.get("image_id", r["image"])), img, caps))
+    if not out:
+        raise ValueError(f"{path}: no usable records (skips: {skips.as_dict()})")
+    logger.info("%s: %d images, %d captions, languages %s, skipped %s", path, len(out),
+                sum(len(v) for rec in out for v in rec.captions.values()),
+                sorted({lang for rec in out for lang in rec.captions}), skips.as_dict())
+    return out
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> random.Random:
+    """The RNG for one sample in one epoch: independent of workers, processes and resume points."""
+    return random.Random((seed * 1_000_003 + epoch) * 10_000_019 + index)
+
+
+class ImageCaptionDataset(Dataset):
+    """One item per image: the image tensor and one caption sampled per epoch.
+
+    ``caption_sampling="uniform_language"`` picks a language uniformly among the image's, then a
+    caption of it (balances languages with very different caption counts); ``"uniform_caption"``
+    picks uniformly among all captions.
+    """
+
+    MAX_RETRIES = 10
+
+    def __init__(self, records: List[CaptionRecord], transform: Callable, lang_to_id: Dict[str, int],
+                 seed: int = 0, caption_sampling: str = "uniform_language"):
+        self.records = records
+        self.transform = transform
+        self.lang_to_id = lang_to_id
+        self.seed = seed
+        self.epoch = 0
+        self.caption_sampling = caption_sampling
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _pick_caption(self, rec: CaptionRecord, rng: random.Random):
+        if self.caption_sampling == "uniform_language":
+            lang = rng.choice(sorted(rec.captions))
+            return lang, rng.choice(rec.captions[lang])
+        flat = [(lang, t) for lang in sorted(rec.captions) for t in rec.captions[lang]]
+        return rng.choice(flat)
+
+    def __getitem__(self, index: int) -> dict:
+        skipped: List[str] = []
+        for attempt in range(self.MAX_RETRIES):
+            # on an undecodable image, fall back to another record, chosen deterministically
+            i = (index + attempt * 7919) % len(self.records)
+            rec = self.records[i]
+            rng = sample_rng(self.seed, self.epoch, i)
+            img = load_image(rec.image_path)
+            if img is None:
+                logger.warning("undecodable or missing image skipped: %s", rec.image_path)
+                skipped.append("bad_image")
+                continue
+            lang, text = self._pick_caption(rec, rng)
+            # the crop's randomness comes from the same per-sample seed (exact resume)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(rng.getrandbits(63))
+                pixels = self.transform(img)
+            return {"image": pixels, "text": text, "lang": self.lang_to_id[lang], "skipped": skipped}
+        raise RuntimeError(f"{self.MAX_RETRIES} consecutive unreadable images near index {index}; "
+                           "is the image root right?")
+
+
+class CaptionCollator:
+    """Stacks images, tokenizes captions, carries language ids and skip counts."""
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, samples: List[dict]) -> dict:
+        enc = self.tokenizer([s["text"] for s in samples], padding=True, truncation=True,
+                             max_length=self.max_length, return_tensors="pt")
+        return {
+            "image": torch.stack([s["image"] for s in samples]),
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+            "lang": torch.tensor([s["lang"] for s in samples], dtype=torch.long),
+            "n_skipped": torch.tensor(sum(len(s["skipped"]) for s in samples)),
+        }

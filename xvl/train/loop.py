@@ -1,0 +1,325 @@
+"""The step-based training loop (Accelerate), readable in one sitting.
+
+Order of work: resolve and check every input (config, data files, objectives) -> tokenizer -> model
+-> objectives -> optimizer -> (resume) -> steps. Each step: ``grad_accum_steps`` micro-batches ->
+clip -> AdamW step with the warmup+cosine lr of that step. Logging every ``log_every`` steps to the
+progress bar, ``metrics.jsonl`` and TensorBoard; retrieval eval every ``eval_every``; an atomic
+checkpoint every ``ckpt_every`` and at the end; the final model directory in ``<run>/model``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from xvl.config import XVLConfig, save_config, to_dict
+from xvl.data.captions import CaptionCollator, ImageCaptionDataset, load_caption_records, read_jsonl
+from xvl.data.images import SkipCounter
+from xvl.data.sampler import EpochBatchSampler, steps_per_epoch
+from xvl.data.transforms import build_image_transform
+from xvl.models.model import XVLModel
+from xvl.objectives.base import CompositeObjective, build_objective, build_objectives
+from xvl.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from xvl.train.optim import build_optimizer, lr_at
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_path(root: str, path: Optional[str]) -> Optional[str]:
+    """``path`` as given when absolute or existing relative to cwd, else relative to ``root``."""
+    if path is None:
+        return None
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    return os.path.join(root, path)
+
+
+class TrainingModule(nn.Module):
+    """Model + objectives as one module, so DDP syncs objective heads too and the loss is one call."""
+
+    def __init__(self, model: XVLModel, objectives: CompositeObjective):
+        super().__init__()
+        self.model = model
+        self.objectives = objectives
+
+    def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        return self.objectives(self.model(batch), batch)
+
+
+@dataclass
+class TrainResult:
+    run_dir: str
+    model_dir: str
+    step: int
+    eval: Optional[dict]
+
+
+def _precision(setting: str) -> str:
+    if setting == "fp32":
+        return "no"
+    if setting == "auto":
+        # bf16 autocast on CPU is much slower than fp32 (../shared/ENV.md): only on capable GPUs
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return setting
+
+
+def setup_tokenizer(cfg: XVLConfig, run_dir: str, train_texts) -> object:
+    """The run's tokenizer: the run dir's (resume), a configured dir, the pretrained text model's,
+    or one trained on the training captions (saved in ``<run>/tokenizer``)."""
+    from xvl.data.tokenizer import load_tokenizer, train_tokenizer
+
+    tcfg, text = cfg.model.text.tokenizer, cfg.model.text
+    saved = os.path.join(run_dir, "tokenizer")
+    if os.path.exists(os.path.join(saved, "tokenizer_config.json")):
+        return load_tokenizer(saved, max_length=text.max_length)
+    if tcfg.path or text.pretrained:
+        tok = load_tokenizer(tcfg.path or text.pretrained, max_length=text.max_length)
+    else:
+        logger.info("training a %s tokenizer (vocab %d) on the training captions", tcfg.model, tcfg.vocab_size)
+        tok = train_tokenizer(list(train_texts()), vocab_size=tcfg.vocab_size, model=tcfg.model,
+                              min_frequency=tcfg.min_frequency, max_length=text.max_length)
+    tok.save_pretrained(saved)
+    return tok
+
+
+def validate_objectives(cfg: XVLConfig) -> None:
+    """Unknown objective names or args fail here, before any data or model is touched."""
+    for spec in cfg.objectives:
+        build_objective(spec.name, spec.args)
+
+
+def evaluate(model: XVLModel, cfg: XVLConfig, val_path: str, progress: bool = False) -> dict:
+    from xvl.evaluation.retrieval import evaluate_retrieval
+
+    records = read_jsonl(val_path)
+    image_root = resolve_path(cfg.data.root, cfg.data.image_root) or os.path.dirname(os.path.abspath(val_path))
+    was_training = model.training
+    result = evaluate_retrieval(model, records, image_root, batch_size=cfg.eval.batch_size,
+                                languages=cfg.data.languages,
+                                include_machine_translation=cfg.eval.include_machine_translation,
+                                progress=progress)
+    model.train(was_training)
+    return result
+
+
+def train(cfg: XVLConfig, resume: bool = False) -> TrainResult:
+    """Run (or resume) training as configured; returns where the model went and the last eval."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, send_to_device
+
+    t = cfg.train
+    # ---- check inputs before any work
+    train_path = resolve_path(cfg.data.root, cfg.data.train)
+    val_path = resolve_path(cfg.data.root, cfg.data.val)
+    for what, p in (("data.train", train_path), ("data.val", val_path)):
+        if p is not None and not os.path.exists(p):
+            raise FileNotFoundError(f"{what}: file not found: {p} (data.root={cfg.data.root})")
+    validate_objectives(cfg)
+    run_dir = t.output_dir
+    if not resume and latest_checkpoint(run_dir) is not None:
+        raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume to continue it, "
+                              "or choose another train.output_dir")
+
+    accelerator = Accelerator(mixed_precision=_precision(t.precision),
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+    main = accelerator.is_main_process
+    torch.manual_seed(t.seed)
+    if main:
+        os.makedirs(run_dir, exist_ok=True)
+        save_config(cfg, os.path.join(run_dir, "config.yaml"))
+
+    # ---- data
+    skips = SkipCounter("train data")
+    image_root = resolve_path(cfg.data.root, cfg.data.image_root)
+    records = load_caption_records(train_path, image_root, languages=cfg.data.languages,
+                                   exclude_kinds=cfg.data.exclude_kinds, known_languages=cfg.model.languages,
+                                   max_records=cfg.data.max_train_records, skips=skips)
+
+    def train_texts():
+        for rec in records:
+            for texts in rec.captions.values():
+                yield from texts
+
+    # ---- tokenizer, model, objectives, optimizer (rank 0 trains the tokenizer, others load it)
+    if main:
+        tokenizer = setup_tokenizer(cfg, run_dir, train_texts)
+    accelerator.wait_for_everyone()
+    if not main:
+        tokenizer = setup_tokenizer(cfg, run_dir, train_texts)
+    torch.manual_seed(t.seed)  # identical init on every rank and across resume
+    model = XVLModel(cfg.model, tokenizer)
+    objectives = build_objectives(cfg.objectives, model=model)
+    module = TrainingModule(model, objectives)
+    optimizer = build_optimizer(module, t.lr, t.weight_decay, t.betas, t.eps)
+
+    start_step, samples_seen = 0, 0
+    if resume:
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None:
+            logger.warning("--resume: no checkpoint in %s, starting from scratch", run_dir)
+        else:
+            state, tstate = load_checkpoint(ckpt, optimizer)
+            module.load_state_dict(state, strict=True)
+            start_step, samples_seen = tstate["step"], tstate["samples_seen"]
+            for k, v in tstate.get("skipped", {}).items():
+                skips.counts[k] += v
+            if main:
+                logger.info("resumed from %s at step %d", ckpt, start_step)
+
+    module, optimizer = accelerator.prepare(module, optimizer)
+    unwrapped: TrainingModule = accelerator.unwrap_model(module)
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    transform = build_image_transform(model.vision.data_config(), train=True, augment=cfg.data.augment,
+                                      scale=cfg.data.augment_scale)
+    dataset = ImageCaptionDataset(records, transform, model.lang_to_id, seed=t.seed,
+                                  caption_sampling=cfg.data.caption_sampling)
+    collate = CaptionCollator(tokenizer, cfg.model.text.max_length)
+    per_epoch = steps_per_epoch(len(dataset), t.batch_size, world)
+    if per_epoch == 0:
+        raise ValueError(f"{len(dataset)} training images is less than one global batch "
+                         f"({t.batch_size} x {world}); lower train.batch_size")
+
+    def batches(first_micro: int):
+        """Endless micro-batches, starting at micro-batch number ``first_micro`` of the run."""
+        epoch, start = divmod(first_micro, per_epoch)
+        while True:
+            dataset.set_epoch(epoch)
+            sampler = EpochBatchSampler(len(dataset), t.batch_size, world, rank, seed=t.seed,
+                                        epoch=epoch, start_batch=start)
+            loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                                num_workers=cfg.data.num_workers,
+                                multiprocessing_context="spawn" if cfg.data.num_workers > 0 else None)
+            yield from loader
+            epoch, start = epoch + 1, 0
+
+    data = batches(start_step * t.grad_accum_steps)
+
+    # ---- logging
+    writer = None
+    metrics_file = None
+    if main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(os.path.join(run_dir, "tb"))
+        metrics_file = open(os.path.join(run_dir, "metrics.jsonl"), "a")
+    pbar = None
+    if main and t.progress:
+        from tqdm.auto import tqdm
+
+        pbar = tqdm(total=t.max_steps, initial=start_step, desc="train", dynamic_ncols=True)
+
+    def log(record: dict) -> None:
+        if not main:
+            return
+        metrics_file.write(json.dumps(record) + "\n")
+        metrics_file.flush()
+        for k, v in record.items():
+            if isinstance(v, (int, float)) and k != "step":
+                writer.add_scalar(k, v, record["step"])
+
+    def checkpoint(step: int) -> None:
+        accelerator.wait_for_everyone()
+        if main:
+            save_checkpoint(run_dir, step, unwrapped.state_dict(), optimizer,
+                            {"step": step, "samples_seen": samples_seen, "skipped": skips.as_dict(),
+                             "config": to_dict(cfg)}, keep=t.keep_checkpoints)
+        accelerator.wait_for_everyone()
+
+    last_eval = None
+
+    def run_eval(step: int) -> Optional[dict]:
+        if val_path is None:
+            return None
+        result = None
+        if main:
+            result = evaluate(unwrapped.model, cfg, val_path)
+            rec = {"step": step, "val/mean_recall": result["average"]["mean_recall"]}
+            for lang, m in result["per_language"].items():
+                rec[f"val/{lang}/mean_recall"] = m["mean_recall"]
+                rec[f"val/{lang}/t2i_r1"] = m["t2i"]["r1"]
+            log(rec)
+        accelerator.wait_for_everyone()
+        return result
+
+    # ---- the loop
+    module.train()
+    sums: Dict[str, float] = defaultdict(float)
+    n_sum, t_window, samples_window = 0, time.perf_counter(), 0
+    global_batch = t.batch_size * t.grad_accum_steps * world
+    step = start_step
+    while step < t.max_steps:
+        lr = lr_at(step, t.lr, t.warmup_steps, t.max_steps, t.min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        for micro in range(t.grad_accum_steps):
+            batch = next(data)
+            n_bad = int(batch.pop("n_skipped"))
+            if n_bad:
+                skips.counts["bad_image"] += n_bad
+            batch = send_to_device(batch, accelerator.device)
+            # dropout etc. draw from a generator seeded by (seed, step, micro, rank): exact resume
+            torch.manual_seed(((t.seed * 1_000_003 + step) * 64 + micro) * 4096 + rank)
+            sync = micro == t.grad_accum_steps - 1
+            ctx = contextlib.nullcontext() if sync else accelerator.no_sync(module)
+            with ctx:
+                with accelerator.autocast():
+                    out = module(batch)
+                accelerator.backward(out["loss"] / t.grad_accum_steps)
+            for k, v in out.items():
+                if torch.is_tensor(v) and v.ndim == 0:
+                    sums[k] += float(v.detach()) / t.grad_accum_steps
+        if t.grad_clip > 0:
+            sums["grad_norm"] += float(accelerator.clip_grad_norm_(module.parameters(), t.grad_clip))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        samples_seen += global_batch
+        samples_window += global_batch
+        n_sum += 1
+
+        if step % t.log_every == 0 or step == t.max_steps:
+            dt = time.perf_counter() - t_window
+            rec = {"step": step, "lr": lr, "samples_per_s": samples_window / dt, "samples_seen": samples_seen,
+                   "skipped": skips.total}
+            rec.update({k: v / n_sum for k, v in sums.items()})
+            log(rec)
+            if pbar is not None:
+                pbar.set_postfix(loss=f"{rec['loss']:.4f}", sps=f"{rec['samples_per_s']:.1f}", refresh=False)
+            sums.clear()
+            n_sum, t_window, samples_window = 0, time.perf_counter(), 0
+        if pbar is not None:
+            pbar.update(1)
+        if t.eval_every and step % t.eval_every == 0 and step < t.max_steps:
+            last_eval = run_eval(step)
+        if t.ckpt_every and step % t.ckpt_every == 0 and step < t.max_steps:
+            checkpoint(step)
+
+    if pbar is not None:
+        pbar.close()
+    if start_step < t.max_steps or latest_checkpoint(run_dir) is None:
+        checkpoint(step)
+    model_dir = os.path.join(run_dir, "model")
+    if main:
+        unwrapped.model.save_pretrained(model_dir)
+    last_eval = run_eval(step)
+    if main:
+        if last_eval is not None:
+            with open(os.path.join(run_dir, "eval_retrieval.json"), "w") as f:
+                json.dump(last_eval, f, indent=1, ensure_ascii=False)
+        if skips.total:
+            logger.warning("training data skips: %s", skips.as_dict())
+        writer.close()
+        metrics_file.close()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(run_dir, model_dir, step, last_eval)
