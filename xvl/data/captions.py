@@ -133,11 +133,7 @@ class ImageCaptionDataset(Dataset):
         self.transform = transform
         self.lang_to_id = lang_to_id
         self.seed = seed
-        self.epoch = 0
         self.caption_sampling = caption_sampling
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.records)
@@ -149,13 +145,16 @@ class ImageCaptionDataset(Dataset):
         flat = [(lang, t) for lang in sorted(rec.captions) for t in rec.captions[lang]]
         return rng.choice(flat)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key) -> dict:
+        """``key`` is ``(epoch, index)`` (from :class:`~xvl.data.sampler.ResumableBatchSampler`) or
+        a plain index (epoch 0)."""
+        epoch, index = key if isinstance(key, tuple) else (0, key)
         skipped: List[str] = []
         for attempt in range(self.MAX_RETRIES):
             # on an undecodable image, fall back to another record, chosen deterministically
             i = (index + attempt * 7919) % len(self.records)
             rec = self.records[i]
-            rng = sample_rng(self.seed, self.epoch, i)
+            rng = sample_rng(self.seed, epoch, i)
             img = load_image(rec.image_path)
             if img is None:
                 logger.warning("undecodable or missing image skipped: %s", rec.image_path)

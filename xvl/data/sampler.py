@@ -1,43 +1,48 @@
-"""A resumable, process-sharded batch sampler for map-style datasets.
+"""A resumable, process-sharded, endless batch sampler for map-style datasets.
 
 Epoch ``e`` is a permutation seeded by ``(seed, e)``, cut to a multiple of ``batch_size * world``
 (every process gets the same number of equal-sized batches, which the gathered contrastive loss
-needs) and dealt out round-robin. ``start_batch`` skips batches already consumed, so a resumed
-run continues with exactly the batch an uninterrupted run would have drawn next. Each process
-reads only its own indices (nothing is read on rank 0 and broadcast).
+needs) and dealt out round-robin. Batches run on across epochs without end, so one DataLoader (and
+its workers) lives for the whole run; each index comes as an ``(epoch, index)`` key so the dataset
+can seed per-sample randomness by epoch without shared state. ``start_batch`` skips the batches
+already consumed: a resumed run continues with exactly the batch an uninterrupted run would have
+drawn next. Each process reads only its own indices (nothing is read on rank 0 and broadcast).
 """
 from __future__ import annotations
 
-from typing import Iterator, List
+from typing import Iterator, List, Tuple
 
 import torch
 from torch.utils.data import Sampler
 
 
-class EpochBatchSampler(Sampler[List[int]]):
+def steps_per_epoch(n: int, batch_size: int, world_size: int) -> int:
+    return n // (batch_size * world_size)
+
+
+class ResumableBatchSampler(Sampler[List[Tuple[int, int]]]):
     def __init__(self, n: int, batch_size: int, world_size: int = 1, rank: int = 0, seed: int = 0,
-                 epoch: int = 0, start_batch: int = 0, shuffle: bool = True):
-        if n < batch_size * world_size:
+                 start_batch: int = 0, shuffle: bool = True):
+        self.per_epoch = steps_per_epoch(n, batch_size, world_size)
+        if self.per_epoch == 0:
             raise ValueError(f"dataset has {n} samples, fewer than one global batch "
                              f"({batch_size} x {world_size} processes); lower train.batch_size")
         self.n, self.batch_size, self.world_size, self.rank = n, batch_size, world_size, rank
-        self.seed, self.epoch, self.start_batch, self.shuffle = seed, epoch, start_batch, shuffle
+        self.seed, self.start_batch, self.shuffle = seed, start_batch, shuffle
 
-    def __len__(self) -> int:
-        return self.n // (self.batch_size * self.world_size) - self.start_batch
-
-    def __iter__(self) -> Iterator[List[int]]:
+    def epoch_batches(self, epoch: int) -> List[List[int]]:
+        """This rank's batches of one epoch."""
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
-        per_step = self.batch_size * self.world_size
-        usable = (self.n // per_step) * per_step
-        mine = order[:usable][self.rank :: self.world_size]
-        for b in range(self.start_batch, len(mine) // self.batch_size):
-            yield mine[b * self.batch_size : (b + 1) * self.batch_size]
+        mine = order[: self.per_epoch * self.batch_size * self.world_size][self.rank :: self.world_size]
+        return [mine[b * self.batch_size : (b + 1) * self.batch_size] for b in range(self.per_epoch)]
 
-
-def steps_per_epoch(n: int, batch_size: int, world_size: int) -> int:
-    return n // (batch_size * world_size)
+    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
+        epoch, skip = divmod(self.start_batch, self.per_epoch)
+        while True:
+            for batch in self.epoch_batches(epoch)[skip:]:
+                yield [(epoch, i) for i in batch]
+            epoch, skip = epoch + 1, 0

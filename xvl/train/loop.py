@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from xvl.config import XVLConfig, save_config, to_dict
 from xvl.data.captions import CaptionCollator, ImageCaptionDataset, load_caption_records, read_jsonl
 from xvl.data.images import SkipCounter
-from xvl.data.sampler import EpochBatchSampler, steps_per_epoch
+from xvl.data.sampler import ResumableBatchSampler
 from xvl.data.transforms import build_image_transform
 from xvl.models.model import XVLModel
 from xvl.objectives.base import CompositeObjective, build_objective, build_objectives
@@ -184,25 +184,12 @@ def train(cfg: XVLConfig, resume: bool = False) -> TrainResult:
     dataset = ImageCaptionDataset(records, transform, model.lang_to_id, seed=t.seed,
                                   caption_sampling=cfg.data.caption_sampling)
     collate = CaptionCollator(tokenizer, cfg.model.text.max_length)
-    per_epoch = steps_per_epoch(len(dataset), t.batch_size, world)
-    if per_epoch == 0:
-        raise ValueError(f"{len(dataset)} training images is less than one global batch "
-                         f"({t.batch_size} x {world}); lower train.batch_size")
-
-    def batches(first_micro: int):
-        """Endless micro-batches, starting at micro-batch number ``first_micro`` of the run."""
-        epoch, start = divmod(first_micro, per_epoch)
-        while True:
-            dataset.set_epoch(epoch)
-            sampler = EpochBatchSampler(len(dataset), t.batch_size, world, rank, seed=t.seed,
-                                        epoch=epoch, start_batch=start)
-            loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                                num_workers=cfg.data.num_workers,
-                                multiprocessing_context="spawn" if cfg.data.num_workers > 0 else None)
-            yield from loader
-            epoch, start = epoch + 1, 0
-
-    data = batches(start_step * t.grad_accum_steps)
+    sampler = ResumableBatchSampler(len(dataset), t.batch_size, world, rank, seed=t.seed,
+                                    start_batch=start_step * t.grad_accum_steps)
+    # one loader for the whole run: workers start once, not every epoch
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers,
+                        multiprocessing_context="spawn" if cfg.data.num_workers > 0 else None)
+    data = iter(loader)
 
     # ---- logging
     writer = None
