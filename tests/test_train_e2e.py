@@ -60,11 +60,14 @@ def test_resume_after_kill_continues_the_same_trajectory(full_run, demo_data, tm
     shutil.copy(os.path.join(full_run, "config.yaml"), killed / "config.yaml")
     (killed / "latest").write_text("checkpoint-00000010\n")
     (killed / ".tmp-ckpt-half-written").mkdir()  # what a kill during a checkpoint write leaves
-    with open(os.path.join(full_run, "metrics.jsonl")) as f:
-        (killed / "metrics.jsonl").write_text("".join(line for line in f if json.loads(line)["step"] <= 10))
+    with open(os.path.join(full_run, "metrics.jsonl")) as f:  # it had logged up to step 14
+        (killed / "metrics.jsonl").write_text("".join(line for line in f if json.loads(line)["step"] <= 14))
 
     assert main(_train_args(demo_data, str(killed), "--resume")) == 0
     full, resumed = _losses(full_run), _losses(str(killed))
+    with open(killed / "metrics.jsonl") as f:
+        steps = [json.loads(line)["step"] for line in f if "loss" in line]
+    assert steps == list(range(1, 21))  # the killed run's steps 11-14 were dropped, then redone
     for step in range(11, 21):
         assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-6), step
 
@@ -130,3 +133,26 @@ def test_bad_samples_are_skipped_counted_and_the_run_goes_on(demo_data, tmp_path
     assert skipped["missing_image"] == 1 and skipped["empty_caption"] == 1
     # 12 steps x 8 = 96 draws over 47 images: the corrupt one is drawn (and replaced) at least once
     assert skipped["bad_image"] >= 1
+
+
+def test_gradient_accumulation_counts_samples(demo_data, tmp_path):
+    out = tmp_path / "accum"
+    assert main(_train_args(demo_data, str(out), "train.grad_accum_steps=2", "train.max_steps=3",
+                            "train.ckpt_every=0", "data.val=null")) == 0
+    with open(out / "metrics.jsonl") as f:
+        last = [json.loads(line) for line in f][-1]
+    assert last["step"] == 3 and last["samples_seen"] == 3 * 2 * 8
+
+
+def test_tokenizer_and_data_demo_commands(demo_data, tmp_path, capsys):
+    tok_dir = tmp_path / "tok"
+    assert main(["tokenizer", "train", demo_data.train, "--out", str(tok_dir), "--vocab-size", "500"]) == 0
+    from xvl.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(str(tok_dir))
+    assert tok.mask_token == "<mask>" and tok("zwei rote Kreise")["input_ids"][0] == tok.bos_token_id
+    assert main(["data", "demo", "--out", str(tmp_path / "d"), "--n-train", "10", "--n-val", "5",
+                 "--image-size", "32"]) == 0
+    assert (tmp_path / "d" / "val.jsonl").exists()
+    assert main(["tokenizer", "train", str(tmp_path / "missing.txt"), "--out", str(tok_dir)]) == 2
+    assert "missing.txt" in capsys.readouterr().err

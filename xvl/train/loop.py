@@ -91,6 +91,17 @@ def setup_tokenizer(cfg: XVLConfig, run_dir: str, train_texts) -> object:
     return tok
 
 
+def _truncate_metrics(path: str, last_step: int) -> None:
+    """Drop metric lines a killed run logged after its last checkpoint (they are about to be redone)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(keep)
+    os.replace(path + ".tmp", path)
+
+
 def validate_objectives(cfg: XVLConfig) -> None:
     """Unknown objective names or args fail here, before any data or model is touched."""
     for spec in cfg.objectives:
@@ -174,6 +185,7 @@ def train(cfg: XVLConfig, resume: bool = False) -> TrainResult:
                 skips.counts[k] += v
             if main:
                 logger.info("resumed from %s at step %d", ckpt, start_step)
+                _truncate_metrics(os.path.join(run_dir, "metrics.jsonl"), start_step)
 
     module, optimizer = accelerator.prepare(module, optimizer)
     unwrapped: TrainingModule = accelerator.unwrap_model(module)
