@@ -310,8 +310,10 @@ def test_train_from_generator():
     assert t("A man is running.")["input_ids"][0] == 0
 
 
-def test_bpe_model_trains():
-    t = train_tokenizer(ALL_TEXTS, vocab_size=500, model="bpe", min_frequency=2)
+@pytest.mark.parametrize("model", ["bpe", "unigram"])
+@pytest.mark.parametrize("split_cjk", [True, False])
+def test_both_models_train_and_round_trip(model, split_cjk):
+    t = train_tokenizer(ALL_TEXTS, vocab_size=500, model=model, min_frequency=2, split_cjk=split_cjk)
     for token, i in EXPECTED_IDS.items():
         assert t.convert_tokens_to_ids(token) == i
     for lang in _LANGS:
@@ -325,6 +327,16 @@ def test_bpe_model_trains():
     assert t(a, b)["input_ids"].count(2) == 3
 
 
+def test_split_cjk_isolates_han_characters():
+    zh = CORPUS["zh"][0]
+    t = train_tokenizer(ALL_TEXTS, vocab_size=500)
+    pieces = [p.lstrip("\u2581") for p in t.tokenize(zh)]
+    han = [p for p in pieces if any("\u4e00" <= ch <= "\u9fff" for ch in p)]
+    assert han and all(len(p) == 1 for p in han), pieces
+    # and no spurious word-boundary markers between characters: decoding restores the text
+    assert t.decode(t(zh)["input_ids"], skip_special_tokens=True).replace(" ", "") == zh.replace(" ", "")
+
+
 def test_unknown_model_raises():
     with pytest.raises(ValueError, match="wordpiece"):
         train_tokenizer(ALL_TEXTS[:10], model="wordpiece")
@@ -336,7 +348,7 @@ def test_tiny_vocab_size():
     assert t.convert_tokens_to_ids("<mask>") == 4
     assert t(CORPUS["en"][0])["input_ids"][0] == 0
     with pytest.raises(ValueError, match="vocab_size"):
-        train_tokenizer(ALL_TEXTS[:50], vocab_size=10)
+        train_tokenizer(ALL_TEXTS[:50], vocab_size=10, model="unigram")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -66,7 +66,8 @@ def cmd_tokenizer_train(args) -> int:
 
     t0 = time.perf_counter()
     tok = train_tokenizer(args.inputs, vocab_size=args.vocab_size, model=args.model,
-                          min_frequency=args.min_frequency, max_length=args.max_length)
+                          min_frequency=args.min_frequency, max_length=args.max_length,
+                          split_cjk=args.split_cjk)
     tok.save_pretrained(args.out)
     print(f"trained a {args.model} tokenizer with {len(tok)} tokens in {time.perf_counter() - t0:.1f}s -> {args.out}")
     return 0
@@ -123,9 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     kt.add_argument("inputs", nargs="+", help="text files (one sentence a line), captions/VQA jsonl, or dirs")
     kt.add_argument("--out", required=True)
     kt.add_argument("--vocab-size", type=int, default=8000)
-    kt.add_argument("--model", choices=["unigram", "bpe"], default="unigram")
+    kt.add_argument("--model", choices=["unigram", "bpe"], default="bpe")
     kt.add_argument("--min-frequency", type=int, default=2)
     kt.add_argument("--max-length", type=int, default=64)
+    kt.add_argument("--no-split-cjk", dest="split_cjk", action="store_false",
+                    help="do not isolate Han ideographs before subword training")
     kt.set_defaults(func=cmd_tokenizer_train)
 
     dd = sub.add_parser("data", help="data tools")

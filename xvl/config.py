@@ -35,8 +35,11 @@ class TokenizerConfig:
 
     path: Optional[str] = None  # local tokenizer dir (or hub name); None: text.pretrained's, else train one
     vocab_size: int = 8000  # when training
-    model: Literal["unigram", "bpe"] = "unigram"
+    # BPE by default: HF's Unigram trainer leaves frequent short words split into letters on
+    # caption-sized corpora ("p ur p l e" with 780 occurrences); Unigram stays available
+    model: Literal["unigram", "bpe"] = "bpe"
     min_frequency: int = 2
+    split_cjk: bool = True  # isolate Han ideographs (mBERT-style) before subword training
 
 
 @dataclass

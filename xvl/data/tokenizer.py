@@ -224,8 +224,14 @@ def _special_added_tokens():
     return out
 
 
-def build_backend(model: str = "unigram", lowercase: bool = False):
+def build_backend(model: str = "unigram", lowercase: bool = False, split_cjk: bool = True):
     """An untrained ``tokenizers.Tokenizer`` with our normaliser / pre-tokeniser / decoder.
+
+    ``split_cjk`` isolates every Han ideograph as its own pre-token (mBERT's
+    ``tokenize_chinese_chars``). Without it the subword model learns pieces that span word
+    boundaries in unsegmented Chinese/Japanese text (e.g. "shape+'is at'+left" as one piece), so
+    each sentence becomes a rare compound and models generalise poorly to new combinations.
+    Kana runs are left to the subword model.
 
     The post-processor is attached after training (it needs the special token ids).
     """
@@ -244,8 +250,17 @@ def build_backend(model: str = "unigram", lowercase: bool = False):
     # SentencePiece-like "remove extra whitespace": collapse runs, strip the ends.
     norm += [normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()]
     backend.normalizer = normalizers.Sequence(norm)
-    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement=METASPACE, prepend_scheme="always")
-    backend.decoder = decoders.Metaspace(replacement=METASPACE, prepend_scheme="always")
+    if split_cjk:
+        # "first": only the start of the text gets the "▁" prefix, not every isolated ideograph
+        # (words after a space still carry it), so decoding puts no spaces between characters
+        backend.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(r"\p{Han}"), behavior="isolated"),
+            pre_tokenizers.Metaspace(replacement=METASPACE, prepend_scheme="first"),
+        ])
+        backend.decoder = decoders.Metaspace(replacement=METASPACE, prepend_scheme="first")
+    else:
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement=METASPACE, prepend_scheme="always")
+        backend.decoder = decoders.Metaspace(replacement=METASPACE, prepend_scheme="always")
     return backend
 
 
@@ -266,11 +281,12 @@ def _attach_post_processor(backend) -> None:
 def train_tokenizer(
     paths_or_texts,
     vocab_size: int = 8000,
-    model: str = "unigram",
+    model: str = "bpe",
     min_frequency: int = 2,
     lowercase: bool = False,
     max_length: int = 64,
     *,
+    split_cjk: bool = True,
     show_progress: bool = False,
 ) -> "PreTrainedTokenizerFast":
     """Train a multilingual subword tokenizer and return it as a ``PreTrainedTokenizerFast``.
@@ -286,12 +302,14 @@ def train_tokenizer(
             trainer.  The result may be smaller on tiny corpora.  Every character seen in
             training is kept: when the alphabet alone exceeds ``vocab_size`` BPE returns a larger
             vocabulary, while Unigram refuses (``ValueError``).
-        model: ``"unigram"`` (default; SentencePiece-style Unigram LM) or ``"bpe"`` (character
-            BPE on Metaspace words, no byte fallback).  Anything else raises ``ValueError``.
+        model: ``"bpe"`` (default; character BPE on Metaspace words, no byte fallback) or
+            ``"unigram"`` (SentencePiece-style Unigram LM). BPE is the default because HF's Unigram
+            trainer keeps frequent short words split into letters on caption-sized corpora.  Anything else raises ``ValueError``.
         min_frequency: minimum pair frequency for a BPE merge (the Unigram trainer has no such
             option and ignores it).
         lowercase: lowercase after NFKC normalisation.
         max_length: ``model_max_length`` of the returned tokenizer (used by ``truncation=True``).
+        split_cjk: isolate Han ideographs before subword training (see :func:`build_backend`).
         show_progress: show the trainer's progress bars.
 
     Both models use NFKC normalisation (whitespace collapsed), a Metaspace pre-tokenizer and
@@ -306,7 +324,7 @@ def train_tokenizer(
     if not isinstance(model, str) or model.lower() not in MODELS:
         raise ValueError(f"unknown tokenizer model {model!r}; expected one of {MODELS}")
     model = model.lower()
-    backend = build_backend(model, lowercase=lowercase)
+    backend = build_backend(model, lowercase=lowercase, split_cjk=split_cjk)
     texts, length = _resolve_inputs(paths_or_texts)
 
     specials = _special_added_tokens()

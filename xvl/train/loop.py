@@ -86,7 +86,8 @@ def setup_tokenizer(cfg: XVLConfig, run_dir: str, train_texts) -> object:
     else:
         logger.info("training a %s tokenizer (vocab %d) on the training captions", tcfg.model, tcfg.vocab_size)
         tok = train_tokenizer(list(train_texts()), vocab_size=tcfg.vocab_size, model=tcfg.model,
-                              min_frequency=tcfg.min_frequency, max_length=text.max_length)
+                              min_frequency=tcfg.min_frequency, max_length=text.max_length,
+                              split_cjk=tcfg.split_cjk)
     tok.save_pretrained(saved)
     return tok
 
