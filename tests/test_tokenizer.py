@@ -337,6 +337,15 @@ def test_split_cjk_isolates_han_characters():
     assert t.decode(t(zh)["input_ids"], skip_special_tokens=True).replace(" ", "") == zh.replace(" ", "")
 
 
+@pytest.mark.parametrize("model", ["bpe", "unigram"])
+def test_punctuation_is_its_own_token(model):
+    """'park.' and 'park' must share the word token, or sentence-final words get split meanings."""
+    t = train_tokenizer(ALL_TEXTS, vocab_size=500, model=model)
+    end, mid = t.tokenize("in the park."), t.tokenize("in the park today")
+    assert end[-1] == "." and end[:-1] == mid[: len(end) - 1]
+    assert t.decode(t("A man is in the park.")["input_ids"], skip_special_tokens=True) == "A man is in the park."
+
+
 def test_unknown_model_raises():
     with pytest.raises(ValueError, match="wordpiece"):
         train_tokenizer(ALL_TEXTS[:10], model="wordpiece")

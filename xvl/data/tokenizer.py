@@ -250,17 +250,17 @@ def build_backend(model: str = "unigram", lowercase: bool = False, split_cjk: bo
     # SentencePiece-like "remove extra whitespace": collapse runs, strip the ends.
     norm += [normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()]
     backend.normalizer = normalizers.Sequence(norm)
+    # Punctuation is isolated (as BERT's pre-tokenizer does), so "left." and "left" are the same
+    # word to the subword model; without it BPE learns "▁left." as its own token and the meaning
+    # of sentence-final words is split across two tokens.
+    steps = [pre_tokenizers.Punctuation(behavior="isolated")]
     if split_cjk:
-        # "first": only the start of the text gets the "▁" prefix, not every isolated ideograph
-        # (words after a space still carry it), so decoding puts no spaces between characters
-        backend.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(r"\p{Han}"), behavior="isolated"),
-            pre_tokenizers.Metaspace(replacement=METASPACE, prepend_scheme="first"),
-        ])
-        backend.decoder = decoders.Metaspace(replacement=METASPACE, prepend_scheme="first")
-    else:
-        backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement=METASPACE, prepend_scheme="always")
-        backend.decoder = decoders.Metaspace(replacement=METASPACE, prepend_scheme="always")
+        steps.insert(0, pre_tokenizers.Split(Regex(r"\p{Han}"), behavior="isolated"))
+    # "first": only the start of the text gets the "▁" prefix, not every isolated piece (words
+    # after a space still carry it), so decoding puts no spaces before "." or between characters
+    steps.append(pre_tokenizers.Metaspace(replacement=METASPACE, prepend_scheme="first"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(steps)
+    backend.decoder = decoders.Metaspace(replacement=METASPACE, prepend_scheme="first")
     return backend
 
 
