@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from typing import Dict, List, Optional
 
 import torch
@@ -20,6 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from xvl.atomic import atomic_directory
 from xvl.config import ModelConfig, to_dict
 from xvl.configlib import from_dict
 from xvl.models.text import TextTower
@@ -109,24 +108,14 @@ class XVLModel(nn.Module):
     # --------------------------------------------------------------------------- persistence
     def save_pretrained(self, directory: str) -> None:
         """Write the model directory atomically (a temp dir renamed into place)."""
-        parent = os.path.dirname(os.path.abspath(directory))
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".tmp-model-", dir=parent)
-        try:
+        with atomic_directory(directory, prefix=".tmp-model-") as tmp:
             save_model(self, os.path.join(tmp, WEIGHTS_FILE))
-            cfg = to_dict(self.cfg)
             with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
-                json.dump({"model": cfg, "format": "xvl/1"}, f, indent=2)
+                json.dump({"model": to_dict(self.cfg), "format": "xvl/1"}, f, indent=2)
             self.text.model.config.to_json_file(os.path.join(tmp, TEXT_CONFIG_FILE))
             with open(os.path.join(tmp, PREPROCESSOR_FILE), "w") as f:
                 json.dump(self.vision.data_config(), f, indent=2)
             self.tokenizer.save_pretrained(tmp)
-            if os.path.exists(directory):
-                shutil.rmtree(directory)
-            os.replace(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     @classmethod
     def from_pretrained(cls, directory: str, map_location: str = "cpu") -> "XVLModel":

@@ -17,11 +17,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from typing import Dict, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from xvl.atomic import atomic_directory
 
 LATEST = "latest"
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -53,8 +54,7 @@ def save_checkpoint(run_dir: str, step: int, model_state: Dict[str, torch.Tensor
                     trainer_state: dict, keep: int = 2) -> str:
     """Write ``run_dir/checkpoint-<step>`` atomically and prune to the newest ``keep``."""
     final = os.path.join(run_dir, f"checkpoint-{step:08d}")
-    tmp = tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=run_dir)
-    try:
+    with atomic_directory(final, prefix=".tmp-ckpt-") as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()},
                   os.path.join(tmp, "model.safetensors"))
         tensors, meta = _optimizer_to_flat(optimizer.state_dict())
@@ -63,12 +63,6 @@ def save_checkpoint(run_dir: str, step: int, model_state: Dict[str, torch.Tensor
             json.dump(meta, f)
         with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
             json.dump(trainer_state, f, indent=2)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     _write_atomic(os.path.join(run_dir, LATEST), os.path.basename(final) + "\n")
     _prune(run_dir, keep)
     return final
