@@ -14,7 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional
 
-from xvl.configlib import ConfigError, load_config, save_config, to_dict  # noqa: F401  (re-export)
+from xvl.configlib import ConfigError, load_config, save_config, to_dict  # noqa: F401  (re-exported)
+
+__all__ = ["XVLConfig", "ModelConfig", "DataConfig", "TrainConfig", "EvalConfig", "ObjectiveSpec", "load",
+           "ConfigError", "save_config", "to_dict"]
 
 
 @dataclass

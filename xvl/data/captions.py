@@ -38,19 +38,38 @@ class CaptionRecord:
     captions: Dict[str, List[str]]  # lang -> texts
 
 
-def read_jsonl(path: str) -> List[dict]:
-    """All records of a jsonl file; a bad line is an error naming the file and line number."""
-    if not os.path.exists(path):
+def read_caption_jsonl(path: str) -> List[dict]:
+    """Read a captions-schema jsonl file (one JSON object per line; blank lines are ignored).
+
+    Raises ``FileNotFoundError`` when the file does not exist and ``ValueError`` naming the file
+    and the 1-based line number for a line that is not valid UTF-8 / JSON, is not a JSON object,
+    or lacks an ``"image"`` string or a ``"captions"`` list.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
         raise FileNotFoundError(f"data file not found: {path}")
     records = []
-    with open(path, encoding="utf8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}, line {lineno}: not valid UTF-8 ({e})") from None
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
+                rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+                raise ValueError(f"{path}, line {lineno}: invalid JSON ({e.msg} at column "
+                                 f"{e.colno})") from None
+            if not isinstance(rec, dict):
+                raise ValueError(f"{path}, line {lineno}: expected a JSON object, got "
+                                 f"{type(rec).__name__}")
+            if not isinstance(rec.get("image"), str) or not rec["image"]:
+                raise ValueError(f"{path}, line {lineno}: record has no \"image\" path")
+            if not isinstance(rec.get("captions"), list):
+                raise ValueError(f"{path}, line {lineno}: record has no \"captions\" list")
+            records.append(rec)
     return records
 
 
@@ -75,11 +94,9 @@ def load_caption_records(path: str, image_root: Optional[str] = None, languages:
     keep_langs = set(languages) if languages else None
     known = set(known_languages) if known_languages is not None else None
     out: List[CaptionRecord] = []
-    for r in read_jsonl(path):
+    for r in read_caption_jsonl(path):
         if max_records is not None and len(out) >= max_records:
             break
-        if "image" not in r or "captions" not in r:
-            raise ValueError(f"{path}: record {r.get('image_id', '?')} lacks 'image' or 'captions'")
         caps: Dict[str, List[str]] = {}
         for c in r["captions"]:
             lang = c.get("lang")

@@ -30,15 +30,15 @@ Ranking rules (see :func:`recall_at_k`):
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Sequence
 
 import torch
 from torch import Tensor
 
+from xvl.data.captions import read_caption_jsonl
 from xvl.data.images import SkipCounter, load_image
 
 logger = logging.getLogger(__name__)
@@ -180,39 +180,8 @@ def recall_at_k(text_emb: Tensor, image_emb: Tensor, caption_image: Tensor,
 # --------------------------------------------------------------------------------------------
 # Records
 # --------------------------------------------------------------------------------------------
-def load_records(path: str) -> list:
-    """Read a retrieval jsonl file (one JSON object per line; blank lines are ignored).
-
-    Raises ``FileNotFoundError`` when the file does not exist and ``ValueError`` naming the file
-    and the 1-based line number for a line that is not valid UTF-8 / JSON, is not a JSON object,
-    or lacks an ``"image"`` string or a ``"captions"`` list.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"retrieval data file not found: {path}")
-    records = []
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}, line {lineno}: not valid UTF-8 ({e})") from None
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {lineno}: invalid JSON ({e.msg} at column "
-                                 f"{e.colno})") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}, line {lineno}: expected a JSON object, got "
-                                 f"{type(rec).__name__}")
-            if not isinstance(rec.get("image"), str) or not rec["image"]:
-                raise ValueError(f"{path}, line {lineno}: record has no \"image\" path")
-            if not isinstance(rec.get("captions"), list):
-                raise ValueError(f"{path}, line {lineno}: record has no \"captions\" list")
-            records.append(rec)
-    return records
+# the captions-schema reader lives with the data code; re-exported here as part of this API
+load_records = read_caption_jsonl
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from xvl.config import XVLConfig, save_config, to_dict
-from xvl.data.captions import CaptionCollator, ImageCaptionDataset, load_caption_records, read_jsonl
+from xvl.data.captions import CaptionCollator, ImageCaptionDataset, load_caption_records, read_caption_jsonl
 from xvl.data.images import SkipCounter
 from xvl.data.sampler import ResumableBatchSampler
 from xvl.data.transforms import build_image_transform
@@ -109,10 +109,10 @@ def validate_objectives(cfg: XVLConfig) -> None:
         build_objective(spec.name, spec.args)
 
 
-def evaluate(model: XVLModel, cfg: XVLConfig, val_path: str, progress: bool = False) -> dict:
+def evaluate(model: XVLModel, cfg: XVLConfig, val_path: str, records: List[dict], progress: bool = False) -> dict:
+    """Per-language retrieval of ``model`` on the (already parsed) validation records."""
     from xvl.evaluation.retrieval import evaluate_retrieval
 
-    records = read_jsonl(val_path)
     image_root = resolve_path(cfg.data.root, cfg.data.image_root) or os.path.dirname(os.path.abspath(val_path))
     was_training = model.training
     result = evaluate_retrieval(model, records, image_root, batch_size=cfg.eval.batch_size,
@@ -136,6 +136,8 @@ def train(cfg: XVLConfig, resume: bool = False) -> TrainResult:
         if p is not None and not os.path.exists(p):
             raise FileNotFoundError(f"{what}: file not found: {p} (data.root={cfg.data.root})")
     validate_objectives(cfg)
+    # parse the val file now: a malformed one must fail before training, not at the first eval
+    val_records = read_caption_jsonl(val_path) if val_path is not None else None
     run_dir = t.output_dir
     if not resume and latest_checkpoint(run_dir) is not None:
         raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume to continue it, "
@@ -242,7 +244,7 @@ def train(cfg: XVLConfig, resume: bool = False) -> TrainResult:
             return None
         result = None
         if main:
-            result = evaluate(unwrapped.model, cfg, val_path)
+            result = evaluate(unwrapped.model, cfg, val_path, val_records)
             rec = {"step": step, "val/mean_recall": result["average"]["mean_recall"]}
             for lang, m in result["per_language"].items():
                 rec[f"val/{lang}/mean_recall"] = m["mean_recall"]
