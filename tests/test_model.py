@@ -109,3 +109,17 @@ def test_tokenizer_vocab_mismatch_is_an_error(tiny_tokenizer):
     cfg.text.config = dict(cfg.text.config, vocab_size=10)
     with pytest.raises(ValueError, match="do not belong together"):
         XVLModel(cfg, tiny_tokenizer)
+
+
+def test_text_pair_and_masked_branches(tiny_model):
+    a = tiny_model.tokenize(["two red circles", "un carré"])
+    b = tiny_model.tokenize(["zwei rote Kreise", "a square"])
+    batch = {**a, "pair_input_ids": b["input_ids"], "pair_attention_mask": b["attention_mask"],
+             "mlm_input_ids": a["input_ids"], "mlm_attention_mask": a["attention_mask"]}
+    with torch.no_grad():
+        out = tiny_model(batch)
+        alone = tiny_model.encode_text(**b)
+    torch.testing.assert_close(out["pair_embeds"], alone)  # the pair view is the same tower
+    assert len(out["text_hidden_states"]) == 2  # embeddings + 1 layer
+    torch.testing.assert_close(out["text_hidden_states"][-1], out["text_tokens"])
+    torch.testing.assert_close(out["mlm_tokens"], out["text_tokens"])  # same ids -> same states

@@ -85,24 +85,35 @@ class XVLModel(nn.Module):
 
     # ------------------------------------------------------------------------------- training
     def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Features for whatever the batch holds (``image``; ``input_ids``; ``pair_input_ids``).
+        """Features for whatever the batch holds; objectives pick what they need.
 
-        Returns normalized ``image_embeds`` / ``text_embeds`` / ``pair_embeds`` plus the towers'
-        token states and pooled states and ``logit_scale``; objectives pick what they need.
+        - ``image`` -> ``image_pooled``, ``image_tokens``, ``image_embeds`` (normalized, projected)
+        - ``input_ids`` (+ ``attention_mask``, ``lang``) -> ``text_tokens``, ``text_pooled``,
+          ``text_hidden_states``, ``text_embeds``
+        - ``pair_input_ids`` (a translation / second caption; + ``pair_attention_mask``,
+          ``pair_lang``) -> ``pair_tokens``, ``pair_pooled``, ``pair_hidden_states``, ``pair_embeds``
+        - ``mlm_input_ids`` (a masked sequence; + ``mlm_attention_mask``, optional
+          ``mlm_position_ids``, ``mlm_token_type_ids``, ``mlm_lang``) -> ``mlm_tokens``
+        and always ``logit_scale``.
         """
         out: Dict[str, torch.Tensor] = {"logit_scale": self.get_logit_scale()}
         if "image" in batch:
             v = self.vision(batch["image"])
             out.update(v)
             out["image_embeds"] = F.normalize(self.image_proj(v["image_pooled"]), dim=-1)
-        if "input_ids" in batch:
-            t = self.text(batch["input_ids"], batch["attention_mask"])
-            out.update(t)
-            out["text_embeds"] = F.normalize(self.text_proj(t["text_pooled"]), dim=-1)
-        if "pair_input_ids" in batch:
-            p = self.text(batch["pair_input_ids"], batch["pair_attention_mask"])
-            out["pair_tokens"], out["pair_pooled"] = p["text_tokens"], p["text_pooled"]
-            out["pair_embeds"] = F.normalize(self.text_proj(p["text_pooled"]), dim=-1)
+        for prefix, key in (("text", "input_ids"), ("pair", "pair_input_ids")):
+            if key not in batch:
+                continue
+            bp = "" if prefix == "text" else "pair_"
+            t = self.text(batch[key], batch[f"{bp}attention_mask"], lang=batch.get(f"{bp}lang"))
+            out[f"{prefix}_tokens"], out[f"{prefix}_pooled"] = t["text_tokens"], t["text_pooled"]
+            out[f"{prefix}_hidden_states"] = t["text_hidden_states"]
+            out[f"{prefix}_embeds"] = F.normalize(self.text_proj(t["text_pooled"]), dim=-1)
+        if "mlm_input_ids" in batch:
+            m = self.text(batch["mlm_input_ids"], batch["mlm_attention_mask"], lang=batch.get("mlm_lang"),
+                          position_ids=batch.get("mlm_position_ids"),
+                          token_type_ids=batch.get("mlm_token_type_ids"))
+            out["mlm_tokens"] = m["text_tokens"]
         return out
 
     # --------------------------------------------------------------------------- persistence

@@ -39,7 +39,12 @@ def build_text_config(cfg: TextConfig, tokenizer) -> PretrainedConfig:
 
 
 class TextTower(nn.Module):
-    """``forward(input_ids, attention_mask) -> {"text_tokens": [B,L,H], "text_pooled": [B,H]}``."""
+    """``forward(input_ids, attention_mask, ...) -> {"text_tokens", "text_pooled", "text_hidden_states"}``.
+
+    ``text_tokens`` [B,L,H] is the last layer; ``text_hidden_states`` the tuple of every layer's
+    states (index 0: embeddings, k: layer k) for objectives that read an inner layer (XLCo).
+    ``lang`` [B] (language ids) is passed on to language-specific modules when the tower has them.
+    """
 
     def __init__(self, cfg: TextConfig, tokenizer, hf_config: Optional[PretrainedConfig] = None,
                  load_weights: bool = True):
@@ -59,6 +64,11 @@ class TextTower(nn.Module):
         self.pool = POOLERS.get(cfg.pooling)
         self.width = self.model.config.hidden_size
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Dict[str, torch.Tensor]:
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return {"text_tokens": hidden, "text_pooled": self.pool(hidden, attention_mask)}
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, lang: Optional[torch.Tensor] = None,
+                position_ids: Optional[torch.Tensor] = None,
+                token_type_ids: Optional[torch.Tensor] = None) -> Dict[str, object]:
+        extra = {k: v for k, v in (("position_ids", position_ids), ("token_type_ids", token_type_ids)) if v is not None}
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **extra)
+        hidden = out.last_hidden_state
+        return {"text_tokens": hidden, "text_pooled": self.pool(hidden, attention_mask),
+                "text_hidden_states": out.hidden_states}

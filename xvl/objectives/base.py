@@ -33,6 +33,11 @@ class Objective(nn.Module):
     def forward(self, outputs: Dict[str, torch.Tensor], batch: Dict) -> Dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    @torch.no_grad()
+    def after_step(self, model) -> None:
+        """Called after every optimizer step with the (unwrapped) model: momentum encoders update
+        here (InfoXLM's EMA key encoder). Default: nothing."""
+
 
 def build_objective(name: str, args: dict, model=None) -> Objective:
     cls = OBJECTIVES.get(name)
@@ -60,6 +65,10 @@ class CompositeObjective(nn.Module):
                     result[k] = v.detach() if torch.is_tensor(v) else v
         result["loss"] = total
         return result
+
+    def after_step(self, model) -> None:
+        for obj in self.parts:
+            obj.after_step(model)
 
 
 def build_objectives(specs, model=None) -> CompositeObjective:

@@ -284,6 +284,7 @@ def train(cfg: XVLConfig, resume: bool = False) -> TrainResult:
             sums["grad_norm"] += float(accelerator.clip_grad_norm_(module.parameters(), t.grad_clip))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        unwrapped.objectives.after_step(unwrapped.model)
         step += 1
         samples_seen += global_batch
         samples_window += global_batch
