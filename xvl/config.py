@@ -46,6 +46,16 @@ class TokenizerConfig:
 
 
 @dataclass
+class AdapterConfig:
+    """X-Mod language-specific modules: a bottleneck adapter per language after each FFN sublayer."""
+
+    enabled: bool = False
+    bottleneck: int = 64
+    # languages that get a module (default: all of model.languages); more can be added later
+    languages: Optional[List[str]] = None
+
+
+@dataclass
 class TextConfig:
     """Text tower: a transformers encoder, from scratch (``model_type`` + ``config``) or a local dir."""
 
@@ -55,6 +65,7 @@ class TextConfig:
     pooling: Literal["mean", "cls"] = "mean"
     max_length: int = 32
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    adapters: AdapterConfig = field(default_factory=AdapterConfig)
 
 
 @dataclass
