@@ -51,3 +51,18 @@ def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     if get_world_size() == 1:
         return tensor
     return _AllGatherWithGrad.apply(tensor)
+
+
+@torch.no_grad()
+def all_gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` (same shape on every rank) across ranks along dim 0, detached.
+
+    For values that take no gradient (MoCo / XLCo queue keys): every rank gets the same result,
+    ordered by rank. Outside a process group it returns ``tensor.detach()``.
+    """
+    tensor = tensor.detach()
+    if get_world_size() == 1:
+        return tensor
+    out = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, tensor.contiguous())
+    return torch.cat(out, 0)
