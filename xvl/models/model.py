@@ -47,7 +47,8 @@ class XVLModel(nn.Module):
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.vision = VisionTower(cfg.vision, load_weights=load_weights)
-        self.text = TextTower(cfg.text, tokenizer, hf_config=text_hf_config, load_weights=load_weights)
+        self.text = TextTower(cfg.text, tokenizer, hf_config=text_hf_config, load_weights=load_weights,
+                              languages=cfg.languages)
         self.image_proj = nn.Linear(self.vision.width, cfg.embed_dim, bias=False)
         self.text_proj = nn.Linear(self.text.width, cfg.embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
@@ -75,8 +76,15 @@ class XVLModel(nn.Module):
         return F.normalize(emb, dim=-1) if normalize else emb
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    normalize: bool = True) -> torch.Tensor:
-        emb = self.text_proj(self.text(input_ids, attention_mask)["text_pooled"])
+                    normalize: bool = True, lang=None) -> torch.Tensor:
+        """Sentence embeddings. ``lang``: a language code for the whole batch or a [B] tensor of
+        ids; required when the text tower has language-specific modules (X-Mod adapters)."""
+        if isinstance(lang, str):
+            if lang not in self.lang_to_id:
+                raise ValueError(f"unknown language '{lang}': the model knows {sorted(self.lang_to_id)}")
+            lang = torch.full((input_ids.shape[0],), self.lang_to_id[lang], dtype=torch.long,
+                              device=input_ids.device)
+        emb = self.text_proj(self.text(input_ids, attention_mask, lang=lang)["text_pooled"])
         return F.normalize(emb, dim=-1) if normalize else emb
 
     def get_logit_scale(self) -> torch.Tensor:
@@ -115,6 +123,20 @@ class XVLModel(nn.Module):
                           token_type_ids=batch.get("mlm_token_type_ids"))
             out["mlm_tokens"] = m["text_tokens"]
         return out
+
+    def add_language(self, code: str, init_from: Optional[str] = None) -> List[nn.Parameter]:
+        """X-Mod: give language ``code`` its own adapter in every text layer; returns the new parameters.
+
+        ``code`` is appended to ``cfg.languages`` / ``lang_to_id`` if new (ids never shift) and to
+        ``cfg.text.adapters.languages``, so ``save_pretrained`` / :func:`load` rebuild it. The module
+        starts as a copy of ``init_from``'s (else random); train it alone with
+        :func:`xvl.models.adapters.freeze_all_but_language`.
+        """
+        params = self.text.add_language(code, init_from=init_from)
+        if code not in self.lang_to_id:
+            self.cfg.languages.append(code)
+            self.lang_to_id[code] = len(self.cfg.languages) - 1
+        return params
 
     # --------------------------------------------------------------------------- persistence
     def save_pretrained(self, directory: str) -> None:
