@@ -3,10 +3,12 @@ the bad-input paths (config typos, missing files, corrupt images, empty captions
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 
 import pytest
+import torch
 
 from xvl.cli import main
 
@@ -156,3 +158,75 @@ def test_tokenizer_and_data_demo_commands(demo_data, tmp_path, capsys):
     assert (tmp_path / "d" / "val.jsonl").exists()
     assert main(["tokenizer", "train", str(tmp_path / "missing.txt"), "--out", str(tok_dir)]) == 2
     assert "missing.txt" in capsys.readouterr().err
+
+
+def test_eval_bitext_cli(full_run, tmp_path, capsys):
+    src, tgt = tmp_path / "x.de", tmp_path / "x.en"
+    src.write_text("zwei rote Kreise\nein blaues Quadrat\n")
+    tgt.write_text("two red circles\na blue square\n")
+    out = tmp_path / "bitext.json"
+    assert main(["eval", "bitext", "--model", os.path.join(full_run, "model"), "--src", str(src), "--tgt", str(tgt),
+                 "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res) == {"per_pair", "average"} and list(res["per_pair"].values())[0]["n"] == 2
+    (tmp_path / "bad.en").write_text("only one line\n")
+    assert main(["eval", "bitext", "--model", "unused", "--src", str(src), "--tgt", str(tmp_path / "bad.en")]) == 2
+    assert "bad.en" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def parallel_files(tmp_path_factory):
+    """A tiny Multi30K-style corpus (line i is the same sentence in en/de/fr) and a Tatoeba dir."""
+    root = tmp_path_factory.mktemp("parallel")
+    words = {"en": ["red", "blue", "green", "circle", "square", "star"],
+             "de": ["rot", "blau", "grün", "Kreis", "Quadrat", "Stern"],
+             "fr": ["rouge", "bleu", "vert", "cercle", "carré", "étoile"]}
+    lines = {lang: [f"{w[c]} {w[3 + s]} {n}" for c in range(3) for s in range(3) for n in range(4)]
+             for lang, w in words.items()}
+    for lang, ls in lines.items():
+        (root / f"train.{lang}").write_text("\n".join(ls) + "\n")
+    tat = root / "tatoeba"
+    tat.mkdir()
+    (tat / "tatoeba.deu-eng.deu").write_text("\n".join(lines["de"][:10]) + "\n")
+    (tat / "tatoeba.deu-eng.eng").write_text("\n".join(lines["en"][:10]) + "\n")
+    return root
+
+
+@pytest.mark.parametrize("objectives", [
+    "[{name: xtr}, {name: itc, weight: 2.0, args: {view_a: text_embeds, view_b: pair_embeds, temperature: 0.1}}]",
+    "[{name: tlm}, {name: xlco, args: {queue_size: 16, pooling: mean}}, {name: token_contrastive}]",
+])
+def test_text_only_training_with_bitext_eval(parallel_files, tmp_path, objectives):
+    out = tmp_path / "text"
+    args = ["train", TINY, "data.train=null", "data.val=null", f"data.root={parallel_files}",
+            "data.parallel.sources=[{type: aligned, path: train, languages: [en, de, fr], pairs: 'pivot:en'}]",
+            "eval.tatoeba=tatoeba", f"objectives={objectives}", f"train.output_dir={out}", "train.max_steps=12",
+            "train.log_every=1", "train.ckpt_every=6"]
+    assert main(args) == 0
+    with open(out / "eval_bitext.json") as f:
+        res = json.load(f)
+    assert res["per_pair"]["deu-eng"]["n"] == 10
+    with open(out / "metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 12 and all(math.isfinite(v) for v in losses)
+    assert any("val/bitext_mean" in r for r in rows)
+    # the image tower stays fixed in text-only training
+    import xvl
+    from safetensors.torch import load_file
+
+    trained = xvl.load(str(out / "model"))
+    ckpt6 = load_file(str(out / "checkpoint-00000006" / "model.safetensors"))
+    key = next(k for k in ckpt6 if k.startswith("model.vision."))
+    assert torch.equal(trained.state_dict()[key[len("model."):]], ckpt6[key])
+    # and a killed run resumes to the same losses (XLCo queue and momentum copy included)
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    for name in ("checkpoint-00000006", "tokenizer"):
+        shutil.copytree(out / name, killed / name)
+    (killed / "latest").write_text("checkpoint-00000006\n")
+    args[args.index(f"train.output_dir={out}")] = f"train.output_dir={killed}"
+    assert main(args + ["--resume"]) == 0
+    full, resumed = _losses(str(out)), _losses(str(killed))
+    for step in range(7, 13):
+        assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-6), step

@@ -3,6 +3,7 @@
     xvl demo [--out DIR]                             generate data, train, evaluate (the default)
     xvl train CONFIG.yaml [key=value ...] [--resume] train from a recipe
     xvl eval retrieval --model DIR --data FILE.jsonl [--image-root DIR] [--out FILE.json]
+    xvl eval bitext --model DIR (--tatoeba DIR | --src FILE --tgt FILE) [--out FILE.json]
     xvl tokenizer train --out DIR FILE [FILE ...]    train a multilingual tokenizer
     xvl data demo --out DIR                          write the synthetic demo dataset
 """
@@ -36,6 +37,10 @@ def cmd_train(args) -> int:
         from xvl.evaluation.retrieval import format_retrieval_table
 
         print(format_retrieval_table(result.eval))
+    if result.bitext is not None:
+        from xvl.evaluation.bitext import format_bitext_table
+
+        print(format_bitext_table(result.bitext))
     return 0
 
 
@@ -57,6 +62,32 @@ def cmd_eval_retrieval(args) -> int:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1, ensure_ascii=False)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_eval_bitext(args) -> int:
+    import torch
+
+    import xvl
+    from xvl.evaluation.bitext import evaluate_bitext, find_tatoeba_pairs, format_bitext_table, read_parallel_files
+
+    # bad input fails before the model loads
+    if args.tatoeba:
+        find_tatoeba_pairs(args.tatoeba)
+    elif args.src and args.tgt:
+        read_parallel_files(args.src, args.tgt)
+    else:
+        raise ValueError("give --tatoeba DIR, or --src FILE and --tgt FILE")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = xvl.load(args.model).to(device)
+    result = evaluate_bitext(model, tatoeba_dir=args.tatoeba, src=args.src, tgt=args.tgt, scoring=args.scoring,
+                             k=args.k, layer=args.layer, batch_size=args.batch_size)
+    print(format_bitext_table(result))
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
         print(f"wrote {args.out}")
     return 0
 
@@ -117,6 +148,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--include-machine-translation", action="store_true")
     r.add_argument("--device")
     r.set_defaults(func=cmd_eval_retrieval)
+
+    b = esub.add_parser("bitext", help="cross-lingual sentence retrieval (Tatoeba protocol)")
+    b.add_argument("--model", required=True)
+    b.add_argument("--tatoeba", help="directory of tatoeba.xxx-eng.{xxx,eng} files")
+    b.add_argument("--src")
+    b.add_argument("--tgt")
+    b.add_argument("--out")
+    b.add_argument("--scoring", choices=["cosine", "margin"], default="cosine",
+                   help="margin: LASER's ratio margin over k nearest neighbours")
+    b.add_argument("--k", type=int, default=4)
+    b.add_argument("--layer", type=int, help="mean-pool this text layer instead of the final embedding")
+    b.add_argument("--batch-size", type=int, default=128)
+    b.add_argument("--device")
+    b.set_defaults(func=cmd_eval_bitext)
 
     k = sub.add_parser("tokenizer", help="tokenizer tools")
     ksub = k.add_subparsers(dest="tokenizer_command", required=True)

@@ -82,11 +82,40 @@ class ModelConfig:
 
 
 @dataclass
+class ParallelSourceConfig:
+    """One parallel-text corpus (see :mod:`xvl.data.parallel` for the readers)."""
+
+    type: Literal["aligned", "tatoeba", "pairs", "hf", "captions"] = "aligned"
+    # aligned: file prefix (".../train" + ".en", ".de", ...); tatoeba: directory; pairs: tsv/jsonl file;
+    # hf: local dataset path (json/parquet/arrow dir); captions: a flickr8k-ml-schema jsonl
+    path: str = ""
+    languages: Optional[List[str]] = None  # aligned: which files; tatoeba/captions: filter
+    pairs: str = "all"  # aligned: "all" language pairs or "pivot:en"
+    src_lang: Optional[str] = None  # pairs (2-column tsv) and hf
+    tgt_lang: Optional[str] = None
+    src_field: Optional[str] = None  # hf (default: the "translation" dict field)
+    tgt_field: Optional[str] = None
+
+
+@dataclass
+class ParallelDataConfig:
+    """Translation pairs for the text-side objectives, mixed across corpora by n^alpha sampling."""
+
+    sources: List[ParallelSourceConfig] = field(default_factory=list)
+    alpha: float = 0.3
+    swap: bool = True  # randomly swap source and target per sample
+
+
+@dataclass
 class DataConfig:
-    """Image-caption data in the flickr8k-ml jsonl schema (one record per image, several captions)."""
+    """Training data: image-caption jsonl (flickr8k-ml schema) and/or parallel text.
+
+    ``train`` set: image-caption training. ``train: null`` with ``parallel.sources``: text-only
+    training of the text tower (the image tower is frozen).
+    """
 
     root: str = "../shared/data"  # relative paths below resolve against this
-    train: str = "flickr8k-ml/train.jsonl"
+    train: Optional[str] = "flickr8k-ml/train.jsonl"
     val: Optional[str] = "flickr8k-ml/val.jsonl"
     image_root: Optional[str] = None  # default: the jsonl's directory
     languages: Optional[List[str]] = None  # keep captions in these languages only (None: all)
@@ -97,6 +126,7 @@ class DataConfig:
     augment_scale: List[float] = field(default_factory=lambda: [0.7, 1.0])
     num_workers: int = 1
     max_train_records: Optional[int] = None  # first N records (smoke runs)
+    parallel: ParallelDataConfig = field(default_factory=ParallelDataConfig)
 
 
 @dataclass
@@ -134,6 +164,8 @@ class TrainConfig:
 class EvalConfig:
     batch_size: int = 128
     include_machine_translation: bool = False
+    tatoeba: Optional[str] = None  # bitext eval dir (Tatoeba v1 files), relative to data.root
+    bitext_scoring: Literal["cosine", "margin"] = "cosine"
 
 
 @dataclass
@@ -156,6 +188,8 @@ class XVLConfig:
         lo, hi = self.data.augment_scale
         if not 0 < lo <= hi <= 1:
             raise ConfigError(f"data.augment_scale must satisfy 0 < lo <= hi <= 1, got {self.data.augment_scale}")
+        if self.data.train is None and not self.data.parallel.sources:
+            raise ConfigError("data: set data.train (image-caption jsonl) or data.parallel.sources (text)")
         if len(set(self.model.languages)) != len(self.model.languages):
             raise ConfigError(f"model.languages has duplicates: {self.model.languages}")
 

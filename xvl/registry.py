@@ -62,5 +62,11 @@ class Registry(Generic[T]):
         return name in self._items
 
 
-OBJECTIVES: Registry = Registry("objective", ("xvl.objectives.contrastive",))
+OBJECTIVES: Registry = Registry("objective", (
+    "xvl.objectives.contrastive",  # itc (and ttc / sentence contrastive via its views)
+    "xvl.objectives.xtr",  # EMS cross-lingual token reconstruction
+    "xvl.objectives.mlm",  # mlm / tlm
+    "xvl.objectives.xlco",  # InfoXLM momentum contrast
+    "xvl.objectives.token_contrastive",  # VECO 2.0 token-to-token alignment
+))
 POOLERS: Registry = Registry("pooler", ("xvl.models.text",))

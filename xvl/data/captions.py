@@ -204,3 +204,24 @@ class CaptionCollator:
             "lang": torch.tensor([s["lang"] for s in samples], dtype=torch.long),
             "n_skipped": torch.tensor(sum(len(s["skipped"]) for s in samples)),
         }
+
+
+class PreparingCollator:
+    """A collator followed by objective input preparers (e.g. MLM/TLM masking).
+
+    The preparers' randomness comes from a generator seeded by ``seed`` and the batch's token ids,
+    so it is independent of worker assignment and identical when a resumed run redraws the batch.
+    """
+
+    def __init__(self, collate, preparers, tokenizer, seed: int = 0):
+        self.collate, self.preparers, self.tokenizer, self.seed = collate, list(preparers), tokenizer, seed
+
+    def __call__(self, samples: List[dict]) -> dict:
+        batch = self.collate(samples)
+        ids = batch["input_ids"]
+        weights = torch.arange(1, ids.numel() + 1, dtype=torch.float64).view_as(ids)
+        content = int((ids.double() * weights).sum().item()) % (2**31)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + content)
+        for prepare in self.preparers:
+            prepare(batch, self.tokenizer, generator=g)
+        return batch

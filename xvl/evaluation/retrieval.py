@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -268,15 +268,22 @@ def _encode_images(model, items: list, image_root: str, batch_size: int, device,
     return kept, torch.cat(embs)
 
 
+def lang_kwargs(model, lang) -> dict:
+    """``{"lang": code}`` for models that know the language (X-Mod adapters route on it)."""
+    return {"lang": lang} if lang in getattr(model, "lang_to_id", {}) else {}
+
+
 @torch.no_grad()
-def _encode_texts(model, texts: list, batch_size: int, device, progress: bool, desc: str) -> Tensor:
+def _encode_texts(model, texts: list, batch_size: int, device, progress: bool, desc: str,
+                  lang: Optional[str] = None) -> Tensor:
     embs = []
     bar = _progress(_batches(texts, batch_size), progress, desc=desc,
                     total=math.ceil(len(texts) / batch_size), unit="batch")
     for batch in bar:
         tok = model.tokenize(list(batch))
         emb = model.encode_text(input_ids=tok["input_ids"].to(device),
-                                attention_mask=tok["attention_mask"].to(device), normalize=True)
+                                attention_mask=tok["attention_mask"].to(device), normalize=True,
+                                **lang_kwargs(model, lang))
         embs.append(emb.detach().float())
     return torch.cat(embs)
 
@@ -357,7 +364,7 @@ def evaluate_retrieval(model, records: list, image_root: str, batch_size: int = 
             caption_image = torch.tensor([local[pos] for pos, _ in pairs], dtype=torch.long)
             # encode each distinct text once
             uniq = list(dict.fromkeys(text for _, text in pairs))
-            uniq_emb = _encode_texts(model, uniq, batch_size, device, progress, f"text [{lang}]")
+            uniq_emb = _encode_texts(model, uniq, batch_size, device, progress, f"text [{lang}]", lang=lang)
             row = {t: j for j, t in enumerate(uniq)}
             text_emb = uniq_emb[torch.tensor([row[t] for _, t in pairs], device=uniq_emb.device)]
             del uniq_emb

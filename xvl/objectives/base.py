@@ -33,15 +33,26 @@ class Objective(nn.Module):
     def forward(self, outputs: Dict[str, torch.Tensor], batch: Dict) -> Dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def input_preparer(self):
+        """A picklable ``fn(batch, tokenizer, generator)`` that adds what this objective needs to a
+        collated batch (masked inputs, ...), run in the data loader; None when nothing is needed."""
+        return None
+
     @torch.no_grad()
     def after_step(self, model) -> None:
         """Called after every optimizer step with the (unwrapped) model: momentum encoders update
         here (InfoXLM's EMA key encoder). Default: nothing."""
 
 
-def build_objective(name: str, args: dict, model=None) -> Objective:
+def parse_objective_args(name: str, args: dict):
+    """The objective class for ``name`` and its typed ``Args`` (unknown name or arg: an error)."""
     cls = OBJECTIVES.get(name)
-    return cls(from_dict(cls.Args, dict(args), prefix=f"objectives.{name}.args"), model=model)
+    return cls, from_dict(cls.Args, dict(args), prefix=f"objectives.{name}.args")
+
+
+def build_objective(name: str, args: dict, model=None) -> Objective:
+    cls, parsed = parse_objective_args(name, args)
+    return cls(parsed, model=model)
 
 
 class CompositeObjective(nn.Module):

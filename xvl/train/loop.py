@@ -22,12 +22,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from xvl.config import XVLConfig, save_config, to_dict
-from xvl.data.captions import CaptionCollator, ImageCaptionDataset, load_caption_records, read_caption_jsonl
+from xvl.data.captions import (CaptionCollator, ImageCaptionDataset, PreparingCollator, load_caption_records,
+                               read_caption_jsonl)
 from xvl.data.images import SkipCounter
 from xvl.data.sampler import ResumableBatchSampler
 from xvl.data.transforms import build_image_transform
 from xvl.models.model import XVLModel
-from xvl.objectives.base import CompositeObjective, build_objective, build_objectives
+from xvl.objectives.base import CompositeObjective, build_objectives, parse_objective_args
 from xvl.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from xvl.train.optim import build_optimizer, lr_at
 
@@ -60,7 +61,8 @@ class TrainResult:
     run_dir: str
     model_dir: str
     step: int
-    eval: Optional[dict]
+    eval: Optional[dict]  # retrieval on the val captions (None without data.val)
+    bitext: Optional[dict] = None  # Tatoeba bitext accuracy (None without eval.tatoeba)
 
 
 def _precision(setting: str) -> str:
@@ -103,10 +105,72 @@ def _truncate_metrics(path: str, last_step: int) -> None:
     os.replace(path + ".tmp", path)
 
 
+@dataclass
+class TrainingData:
+    """What a run trains on: image-caption records, or parallel-text corpora (text-only)."""
+
+    kind: str  # "captions" | "parallel"
+    records: Optional[list] = None
+    corpora: Optional[dict] = None
+
+    def texts(self):
+        """Every training sentence (for training a tokenizer)."""
+        if self.kind == "captions":
+            for rec in self.records:
+                for texts in rec.captions.values():
+                    yield from texts
+        else:
+            for pairs in self.corpora.values():
+                for p in pairs:
+                    yield p.src_text
+                    yield p.tgt_text
+
+
+def load_training_data(cfg: XVLConfig, train_path: Optional[str], skips: SkipCounter) -> TrainingData:
+    """Read and validate the training data (errors here come before any model work)."""
+    if train_path is not None:
+        image_root = resolve_path(cfg.data.root, cfg.data.image_root)
+        records = load_caption_records(train_path, image_root, languages=cfg.data.languages,
+                                       exclude_kinds=cfg.data.exclude_kinds, known_languages=cfg.model.languages,
+                                       max_records=cfg.data.max_train_records, skips=skips)
+        return TrainingData("captions", records=records)
+    from xvl.data.parallel import load_parallel_sources
+
+    corpora = load_parallel_sources(cfg.data.parallel.sources, cfg.data.root, skips)
+    known = set(cfg.model.languages)
+    unknown = sorted({lang for pairs in corpora.values() for p in pairs for lang in (p.src_lang, p.tgt_lang)} - known)
+    if unknown:
+        raise ValueError(f"parallel data has languages {unknown} that are not in model.languages {sorted(known)}")
+    logger.info("parallel corpora: %s", {k: len(v) for k, v in corpora.items()})
+    return TrainingData("parallel", corpora=corpora)
+
+
+def build_dataset(data: TrainingData, cfg: XVLConfig, model: XVLModel, tokenizer, objectives: CompositeObjective):
+    """The map-style dataset and its collator for ``data`` (plus the objectives' input preparers)."""
+    if data.kind == "captions":
+        transform = build_image_transform(model.vision.data_config(), train=True, augment=cfg.data.augment,
+                                          scale=cfg.data.augment_scale)
+        dataset = ImageCaptionDataset(data.records, transform, model.lang_to_id, seed=cfg.train.seed,
+                                      caption_sampling=cfg.data.caption_sampling)
+        collate = CaptionCollator(tokenizer, cfg.model.text.max_length)
+    else:
+        from xvl.data.parallel import ParallelCollator, ParallelTextDataset
+
+        dataset = ParallelTextDataset(data.corpora, model.lang_to_id, seed=cfg.train.seed,
+                                      alpha=cfg.data.parallel.alpha, swap=cfg.data.parallel.swap)
+        collate = ParallelCollator(tokenizer, cfg.model.text.max_length)
+    preparers = [p for p in (o.input_preparer() for o in objectives.parts) if p is not None]
+    if len(preparers) > 1:
+        raise ValueError("mlm and tlm both prepare the masked-LM inputs of a batch: use one of them per run")
+    if preparers:
+        collate = PreparingCollator(collate, preparers, tokenizer, seed=cfg.train.seed)
+    return dataset, collate
+
+
 def validate_objectives(cfg: XVLConfig) -> None:
     """Unknown objective names or args fail here, before any data or model is touched."""
     for spec in cfg.objectives:
-        build_objective(spec.name, spec.args)
+        parse_objective_args(spec.name, spec.args)
 
 
 def evaluate(model: XVLModel, cfg: XVLConfig, val_path: str, records: List[dict], progress: bool = False) -> dict:
@@ -138,13 +202,21 @@ def train(cfg: XVLConfig, resume: bool = False) -> TrainResult:
     validate_objectives(cfg)
     # parse the val file now: a malformed one must fail before training, not at the first eval
     val_records = read_caption_jsonl(val_path) if val_path is not None else None
+    tatoeba_dir = resolve_path(cfg.data.root, cfg.eval.tatoeba)
+    if tatoeba_dir is not None:
+        from xvl.evaluation.bitext import find_tatoeba_pairs
+
+        find_tatoeba_pairs(tatoeba_dir)
     run_dir = t.output_dir
     if not resume and latest_checkpoint(run_dir) is not None:
         raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume to continue it, "
                               "or choose another train.output_dir")
 
     accelerator = Accelerator(mixed_precision=_precision(t.precision),
-                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+                              # objective buffers (XLCo's queue) are kept identical on every rank by
+                              # the objectives themselves: no need to broadcast them every step
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False,
+                                                                             broadcast_buffers=False)])
     main = accelerator.is_main_process
     torch.manual_seed(t.seed)
     if main:
@@ -153,24 +225,19 @@ def train(cfg: XVLConfig, resume: bool = False) -> TrainResult:
 
     # ---- data
     skips = SkipCounter("train data")
-    image_root = resolve_path(cfg.data.root, cfg.data.image_root)
-    records = load_caption_records(train_path, image_root, languages=cfg.data.languages,
-                                   exclude_kinds=cfg.data.exclude_kinds, known_languages=cfg.model.languages,
-                                   max_records=cfg.data.max_train_records, skips=skips)
-
-    def train_texts():
-        for rec in records:
-            for texts in rec.captions.values():
-                yield from texts
+    data = load_training_data(cfg, train_path, skips)
 
     # ---- tokenizer, model, objectives, optimizer (rank 0 trains the tokenizer, others load it)
     if main:
-        tokenizer = setup_tokenizer(cfg, run_dir, train_texts)
+        tokenizer = setup_tokenizer(cfg, run_dir, data.texts)
     accelerator.wait_for_everyone()
     if not main:
-        tokenizer = setup_tokenizer(cfg, run_dir, train_texts)
+        tokenizer = setup_tokenizer(cfg, run_dir, data.texts)
     torch.manual_seed(t.seed)  # identical init on every rank and across resume
     model = XVLModel(cfg.model, tokenizer)
+    if data.kind == "parallel":  # text-only training: the image tower is not used, keep it fixed
+        for p in list(model.vision.parameters()) + list(model.image_proj.parameters()):
+            p.requires_grad_(False)
     objectives = build_objectives(cfg.objectives, model=model)
     module = TrainingModule(model, objectives)
     optimizer = build_optimizer(module, t.lr, t.weight_decay, t.betas, t.eps)
@@ -194,17 +261,13 @@ def train(cfg: XVLConfig, resume: bool = False) -> TrainResult:
     unwrapped: TrainingModule = accelerator.unwrap_model(module)
 
     world, rank = accelerator.num_processes, accelerator.process_index
-    transform = build_image_transform(model.vision.data_config(), train=True, augment=cfg.data.augment,
-                                      scale=cfg.data.augment_scale)
-    dataset = ImageCaptionDataset(records, transform, model.lang_to_id, seed=t.seed,
-                                  caption_sampling=cfg.data.caption_sampling)
-    collate = CaptionCollator(tokenizer, cfg.model.text.max_length)
+    dataset, collate = build_dataset(data, cfg, model, tokenizer, objectives)
     sampler = ResumableBatchSampler(len(dataset), t.batch_size, world, rank, seed=t.seed,
                                     start_batch=start_step * t.grad_accum_steps)
     # one loader for the whole run: workers start once, not every epoch
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers,
                         multiprocessing_context="spawn" if cfg.data.num_workers > 0 else None)
-    data = iter(loader)
+    batches = iter(loader)
 
     # ---- logging
     writer = None
@@ -237,19 +300,30 @@ def train(cfg: XVLConfig, resume: bool = False) -> TrainResult:
                              "config": to_dict(cfg)}, keep=t.keep_checkpoints)
         accelerator.wait_for_everyone()
 
-    last_eval = None
+    last_eval: Dict[str, Optional[dict]] = {"retrieval": None, "bitext": None}
 
-    def run_eval(step: int) -> Optional[dict]:
-        if val_path is None:
-            return None
-        result = None
-        if main:
-            result = evaluate(unwrapped.model, cfg, val_path, val_records)
-            rec = {"step": step, "val/mean_recall": result["average"]["mean_recall"]}
-            for lang, m in result["per_language"].items():
+    def run_eval(step: int) -> Dict[str, Optional[dict]]:
+        """Retrieval on the val captions and/or bitext on the Tatoeba dir, on the main process."""
+        result: Dict[str, Optional[dict]] = {"retrieval": None, "bitext": None}
+        if main and val_records is not None:
+            ret = evaluate(unwrapped.model, cfg, val_path, val_records)
+            rec = {"step": step, "val/mean_recall": ret["average"]["mean_recall"]}
+            for lang, m in ret["per_language"].items():
                 rec[f"val/{lang}/mean_recall"] = m["mean_recall"]
                 rec[f"val/{lang}/t2i_r1"] = m["t2i"]["r1"]
             log(rec)
+            result["retrieval"] = ret
+        if main and tatoeba_dir is not None:
+            from xvl.evaluation.bitext import evaluate_bitext
+
+            bit = evaluate_bitext(unwrapped.model, tatoeba_dir=tatoeba_dir, scoring=cfg.eval.bitext_scoring,
+                                  batch_size=cfg.eval.batch_size, progress=False)
+            unwrapped.model.train()
+            rec = {"step": step, "val/bitext_mean": bit["average"]["mean"]}
+            for pair, m in bit["per_pair"].items():
+                rec[f"val/bitext/{pair}/src2tgt"], rec[f"val/bitext/{pair}/tgt2src"] = m["src2tgt"], m["tgt2src"]
+            log(rec)
+            result["bitext"] = bit
         accelerator.wait_for_everyone()
         return result
 
@@ -264,7 +338,7 @@ def train(cfg: XVLConfig, resume: bool = False) -> TrainResult:
         for group in optimizer.param_groups:
             group["lr"] = lr
         for micro in range(t.grad_accum_steps):
-            batch = next(data)
+            batch = next(batches)
             n_bad = int(batch.pop("n_skipped"))
             if n_bad:
                 skips.counts["bad_image"] += n_bad
@@ -316,13 +390,14 @@ def train(cfg: XVLConfig, resume: bool = False) -> TrainResult:
         unwrapped.model.save_pretrained(model_dir)
     last_eval = run_eval(step)
     if main:
-        if last_eval is not None:
-            with open(os.path.join(run_dir, "eval_retrieval.json"), "w") as f:
-                json.dump(last_eval, f, indent=1, ensure_ascii=False)
+        for kind, result in last_eval.items():
+            if result is not None:
+                with open(os.path.join(run_dir, f"eval_{kind}.json"), "w") as f:
+                    json.dump(result, f, indent=1, ensure_ascii=False)
         if skips.total:
             logger.warning("training data skips: %s", skips.as_dict())
         writer.close()
         metrics_file.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainResult(run_dir, model_dir, step, last_eval)
+    return TrainResult(run_dir, model_dir, step, last_eval["retrieval"], last_eval["bitext"])
