@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import xvl.objectives.mlm  # noqa: F401  (registers "mlm" and "tlm")
 from xvl.data.masking import IGNORE_INDEX, add_mlm_inputs, build_tlm_inputs, mask_tokens
 from xvl.objectives.base import build_objective
 from conftest import tiny_model_config

@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 
-import xvl.objectives.token_contrastive  # noqa: F401  (registers "token_contrastive")
 from xvl.align import (Lexicon, alignment_to_tensor, lexicon_alignment, mutual_argmax_alignment,
                        special_token_ids, special_tokens_mask, word_spans)
 from xvl.config import ObjectiveSpec

@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import xvl.objectives.xlco  # noqa: F401  (registers "xlco")
 from xvl.config import ObjectiveSpec
 from xvl.configlib import ConfigError
 from xvl.objectives.base import CompositeObjective, build_objectives

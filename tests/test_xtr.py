@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import xvl.objectives.xtr  # noqa: F401  (registers "xtr")
 from xvl.config import ObjectiveSpec
 from xvl.objectives.base import build_objective, build_objectives
 from xvl.objectives.xtr import XTRObjective, target_types, uniform_kl

@@ -35,14 +35,15 @@ import logging
 import math
 import os
 import re
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from xvl.data.languages import normalize_lang
-from xvl.evaluation.retrieval import lang_kwargs
+from xvl.evaluation.common import batches, lang_kwargs, mean
+from xvl.evaluation.common import progress as progress_bar
 from xvl.models.text import mean_pool
 
 logger = logging.getLogger(__name__)
@@ -184,19 +185,6 @@ def bitext_accuracy(src_emb: Tensor, tgt_emb: Tensor, scoring: str = "cosine", k
 # --------------------------------------------------------------------------------------------
 # Encoding
 # --------------------------------------------------------------------------------------------
-def _progress(iterable: Iterable, enabled: bool, **kwargs):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, **kwargs)
-
-
-def _batches(seq: Sequence, size: int):
-    for i in range(0, len(seq), size):
-        yield seq[i:i + size]
-
-
 def encode_sentences(model, texts: Sequence[str], batch_size: int = 128, layer: Optional[int] = None,
                      progress: bool = False, desc: str = "sentences", lang: Optional[str] = None) -> Tensor:
     """Encode ``texts`` to ``[N, D]`` L2-normalized float32 embeddings (on the model's device).
@@ -229,7 +217,7 @@ def encode_sentences(model, texts: Sequence[str], batch_size: int = 128, layer: 
     embs = []
     try:
         with torch.no_grad():
-            bar = _progress(_batches(texts, batch_size), progress, desc=desc,
+            bar = progress_bar(batches(texts, batch_size), progress, desc=desc,
                             total=math.ceil(len(texts) / batch_size), unit="batch")
             for batch in bar:
                 tok = model.tokenize(list(batch))
@@ -327,11 +315,6 @@ def find_tatoeba_pairs(directory) -> dict:
 # --------------------------------------------------------------------------------------------
 # End-to-end evaluation
 # --------------------------------------------------------------------------------------------
-def _mean(values) -> float:
-    values = list(values)
-    return float(sum(values) / len(values))
-
-
 def _lang_of(code: str) -> Optional[str]:
     """ISO 639-1 code of a Tatoeba file-name language ("deu" -> "de"), None if unknown."""
     try:
@@ -406,7 +389,7 @@ def evaluate_bitext(model, tatoeba_dir=None, src=None, tgt=None, scoring: str = 
                     res["tgt2src"])
 
     names = list(per_pair)
-    average = {d: _mean(per_pair[p][d] for p in names) for d in ("src2tgt", "tgt2src")}
+    average = {d: mean(per_pair[p][d] for p in names) for d in ("src2tgt", "tgt2src")}
     average["mean"] = (average["src2tgt"] + average["tgt2src"]) / 2
     return {"per_pair": per_pair, "average": average}
 

@@ -33,13 +33,15 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from xvl.data.captions import read_caption_jsonl
 from xvl.data.images import SkipCounter, load_image
+from xvl.evaluation.common import batches, lang_kwargs, mean
+from xvl.evaluation.common import progress as progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -187,19 +189,6 @@ load_records = read_caption_jsonl
 # --------------------------------------------------------------------------------------------
 # End-to-end evaluation
 # --------------------------------------------------------------------------------------------
-def _progress(iterable: Iterable, enabled: bool, **kwargs):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, **kwargs)
-
-
-def _batches(seq: Sequence, size: int):
-    for i in range(0, len(seq), size):
-        yield seq[i:i + size]
-
-
 def _collect(records: list, languages, include_machine_translation: bool, skips: SkipCounter):
     """Filter records/captions. Returns ``[(image_id, path, [(lang, text), ...]), ...]``."""
     wanted = None
@@ -242,7 +231,7 @@ def _encode_images(model, items: list, image_root: str, batch_size: int, device,
                    skips: SkipCounter, progress: bool):
     """Load, preprocess and encode images; returns (kept item indices, [n_kept, D] CPU tensor)."""
     kept, embs = [], []
-    bar = _progress(range(0, len(items), batch_size), progress, desc="images",
+    bar = progress_bar(range(0, len(items), batch_size), progress, desc="images",
                     total=math.ceil(len(items) / batch_size), unit="batch")
     for start in bar:
         pixels, idx = [], []
@@ -268,16 +257,11 @@ def _encode_images(model, items: list, image_root: str, batch_size: int, device,
     return kept, torch.cat(embs)
 
 
-def lang_kwargs(model, lang) -> dict:
-    """``{"lang": code}`` for models that know the language (X-Mod adapters route on it)."""
-    return {"lang": lang} if lang in getattr(model, "lang_to_id", {}) else {}
-
-
 @torch.no_grad()
 def _encode_texts(model, texts: list, batch_size: int, device, progress: bool, desc: str,
                   lang: Optional[str] = None) -> Tensor:
     embs = []
-    bar = _progress(_batches(texts, batch_size), progress, desc=desc,
+    bar = progress_bar(batches(texts, batch_size), progress, desc=desc,
                     total=math.ceil(len(texts) / batch_size), unit="batch")
     for batch in bar:
         tok = model.tokenize(list(batch))
@@ -286,11 +270,6 @@ def _encode_texts(model, texts: list, batch_size: int, device, progress: bool, d
                                 **lang_kwargs(model, lang))
         embs.append(emb.detach().float())
     return torch.cat(embs)
-
-
-def _mean(values) -> float:
-    values = list(values)
-    return float(sum(values) / len(values))
 
 
 def evaluate_retrieval(model, records: list, image_root: str, batch_size: int = 64,
@@ -372,7 +351,7 @@ def evaluate_retrieval(model, records: list, image_root: str, batch_size: int = 
             rec = recall_at_k(text_emb, cand_emb, caption_image, ks=DEFAULT_KS,
                               chunk_size=chunk_size)
             del text_emb, cand_emb
-            rec["mean_recall"] = _mean(list(rec["i2t"].values()) + list(rec["t2i"].values()))
+            rec["mean_recall"] = mean(list(rec["i2t"].values()) + list(rec["t2i"].values()))
             rec["n_images"] = len(cand)
             rec["n_captions"] = len(pairs)
             per_language[lang] = rec
@@ -383,10 +362,10 @@ def evaluate_retrieval(model, records: list, image_root: str, batch_size: int = 
 
     langs = list(per_language)
     average = {
-        d: {f"r{k}": _mean(per_language[l][d][f"r{k}"] for l in langs) for k in DEFAULT_KS}
+        d: {f"r{k}": mean(per_language[l][d][f"r{k}"] for l in langs) for k in DEFAULT_KS}
         for d in ("i2t", "t2i")
     }
-    average["mean_recall"] = _mean(per_language[l]["mean_recall"] for l in langs)
+    average["mean_recall"] = mean(per_language[l]["mean_recall"] for l in langs)
     if skips.total:
         logger.warning("retrieval eval: skipped %s", skips.as_dict())
     return {"per_language": per_language, "average": average, "n_skipped": skips.as_dict()}
