@@ -158,6 +158,9 @@ class TrainConfig:
     ckpt_every: int = 500  # 0: only the final checkpoint
     keep_checkpoints: int = 2
     progress: bool = True
+    # DDP: set true when the objectives leave trainable parameters without gradient (e.g. only a
+    # fixed-temperature contrastive, which never touches logit_scale); costs a graph traversal per step
+    find_unused_parameters: bool = False
 
 
 @dataclass

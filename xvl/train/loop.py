@@ -212,11 +212,16 @@ def train(cfg: XVLConfig, resume: bool = False) -> TrainResult:
         raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume to continue it, "
                               "or choose another train.output_dir")
 
-    accelerator = Accelerator(mixed_precision=_precision(t.precision),
-                              # objective buffers (XLCo's queue) are kept identical on every rank by
-                              # the objectives themselves: no need to broadcast them every step
-                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False,
-                                                                             broadcast_buffers=False)])
+    # objective buffers (XLCo's queue) are kept identical on every rank by the objectives themselves:
+    # no need to broadcast them every step
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=t.find_unused_parameters, broadcast_buffers=False)
+    # cpu=True on GPU-less machines: Accelerate forms a gloo process group under torchrun only then
+    accelerator = Accelerator(mixed_precision=_precision(t.precision), kwargs_handlers=[ddp],
+                              cpu=not torch.cuda.is_available())
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise RuntimeError(f"launched as {launched} processes but Accelerate formed a group of "
+                           f"{accelerator.num_processes}: each would train alone into the same run dir")
     main = accelerator.is_main_process
     torch.manual_seed(t.seed)
     if main:
@@ -368,7 +373,10 @@ def train(cfg: XVLConfig, resume: bool = False) -> TrainResult:
             dt = time.perf_counter() - t_window
             rec = {"step": step, "lr": lr, "samples_per_s": samples_window / dt, "samples_seen": samples_seen,
                    "skipped": skips.total}
-            rec.update({k: v / n_sum for k, v in sums.items()})
+            means = torch.tensor([v / n_sum for v in sums.values()], dtype=torch.float64, device=accelerator.device)
+            if world > 1:  # every rank saw its own shard: log the mean over processes
+                means = accelerator.reduce(means, reduction="mean")
+            rec.update(dict(zip(sums.keys(), means.tolist())))
             log(rec)
             if pbar is not None:
                 pbar.set_postfix(loss=f"{rec['loss']:.4f}", sps=f"{rec['samples_per_s']:.1f}", refresh=False)
@@ -400,4 +408,6 @@ def train(cfg: XVLConfig, resume: bool = False) -> TrainResult:
         metrics_file.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # else the launcher may abort the finished run
     return TrainResult(run_dir, model_dir, step, last_eval["retrieval"], last_eval["bitext"])
