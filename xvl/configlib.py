@@ -16,7 +16,7 @@ Supported field types: ``int``, ``float``, ``bool``, ``str``, ``Optional[X]`` /
 be strings (``from __future__ import annotations``); they are resolved with
 :func:`typing.get_type_hints`, so schema classes must be defined at module level.
 
-Only the standard library and PyYAML are used (importing this must stay cheap).
+Only the standard library, PyYAML and xvl.atomic (stdlib only) are used (importing this must stay cheap).
 """
 from __future__ import annotations
 
@@ -25,13 +25,14 @@ import dataclasses
 import difflib
 import functools
 import os
-import tempfile
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any, Iterable
 
 import yaml
+
+from xvl.atomic import atomic_write_text
 
 __all__ = [
     "ConfigError",
@@ -556,23 +557,4 @@ def save_config(obj, path: str | os.PathLike) -> None:
     """Write ``to_dict(obj)`` as YAML to ``path`` atomically (tmp file + ``os.replace``)."""
     path = os.fspath(path)
     text = yaml.safe_dump(to_dict(obj), sort_keys=False, allow_unicode=True, default_flow_style=False)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            mode = os.stat(path).st_mode & 0o777
-        except FileNotFoundError:
-            mode = 0o644
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write_text(path, text)

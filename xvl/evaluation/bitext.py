@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from xvl.data.languages import normalize_lang
-from xvl.evaluation.common import batches, lang_kwargs, mean
+from xvl.evaluation.common import batches, lang_kwargs, mean, pct, render_table
 from xvl.evaluation.common import progress as progress_bar
 from xvl.models.text import mean_pool
 
@@ -405,9 +405,6 @@ def format_bitext_table(result: dict) -> str:
     """
     header = ["pair", "n", "src2tgt", "tgt2src", "mean"]
 
-    def pct(x) -> str:
-        return "-" if x is None else f"{100.0 * float(x):.1f}"
-
     def cells(name: str, r: dict, n) -> list:
         s2t, t2s = r.get("src2tgt"), r.get("tgt2src")
         mean = r.get("mean")
@@ -418,11 +415,4 @@ def format_bitext_table(result: dict) -> str:
     rows = [cells(pair, r, r.get("n", "-"))
             for pair, r in sorted(result.get("per_pair", {}).items())]
     rows.append(cells("avg", result.get("average", {}), "-"))
-    widths = [max(len(header[c]), *(len(r[c]) for r in rows)) for c in range(len(header))]
-
-    def fmt(r: list) -> str:
-        return "  ".join(r[0].ljust(widths[0]) if c == 0 else r[c].rjust(widths[c])
-                         for c in range(len(r))).rstrip()
-
-    lines = [fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]
-    return "\n".join(lines)
+    return render_table(header, rows)

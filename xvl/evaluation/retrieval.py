@@ -40,7 +40,7 @@ from torch import Tensor
 
 from xvl.data.captions import read_caption_jsonl
 from xvl.data.images import SkipCounter, load_image
-from xvl.evaluation.common import batches, lang_kwargs, mean
+from xvl.evaluation.common import batches, lang_kwargs, mean, pct, render_table
 from xvl.evaluation.common import progress as progress_bar
 
 logger = logging.getLogger(__name__)
@@ -384,9 +384,6 @@ def format_retrieval_table(result: dict) -> str:
     header = (["lang", "n_img", "n_cap"] + [f"i2t R@{k}" for k in ks] + [f"t2i R@{k}" for k in ks]
               + ["mean R"])
 
-    def pct(x) -> str:
-        return "-" if x is None else f"{100.0 * float(x):.1f}"
-
     def cells(name: str, r: dict, n_img, n_cap) -> list:
         return ([name, str(n_img), str(n_cap)]
                 + [pct(r.get("i2t", {}).get(f"r{k}")) for k in ks]
@@ -396,11 +393,4 @@ def format_retrieval_table(result: dict) -> str:
     rows = [cells(lang, r, r.get("n_images", "-"), r.get("n_captions", "-"))
             for lang, r in sorted(result.get("per_language", {}).items())]
     rows.append(cells("avg", result.get("average", {}), "-", "-"))
-    widths = [max(len(header[c]), *(len(r[c]) for r in rows)) for c in range(len(header))]
-
-    def fmt(r: list) -> str:
-        return "  ".join(r[0].ljust(widths[0]) if c == 0 else r[c].rjust(widths[c])
-                         for c in range(len(r))).rstrip()
-
-    lines = [fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]
-    return "\n".join(lines)
+    return render_table(header, rows)

@@ -22,7 +22,7 @@ from typing import Dict, Optional
 import torch
 from safetensors.torch import load_file, save_file
 
-from xvl.atomic import atomic_directory
+from xvl.atomic import atomic_directory, atomic_write_text
 
 LATEST = "latest"
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -63,18 +63,9 @@ def save_checkpoint(run_dir: str, step: int, model_state: Dict[str, torch.Tensor
             json.dump(meta, f)
         with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
             json.dump(trainer_state, f, indent=2)
-    _write_atomic(os.path.join(run_dir, LATEST), os.path.basename(final) + "\n")
+    atomic_write_text(os.path.join(run_dir, LATEST), os.path.basename(final) + "\n")
     _prune(run_dir, keep)
     return final
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _prune(run_dir: str, keep: int) -> None:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from xvl.atomic import atomic_write_text
 from xvl.config import XVLConfig, save_config, to_dict
 from xvl.data.captions import (CaptionCollator, ImageCaptionDataset, PreparingCollator, load_caption_records,
                                read_caption_jsonl)
@@ -100,9 +101,7 @@ def _truncate_metrics(path: str, last_step: int) -> None:
         return
     with open(path) as f:
         keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= last_step]
-    with open(path + ".tmp", "w") as f:
-        f.writelines(keep)
-    os.replace(path + ".tmp", path)
+    atomic_write_text(path, "".join(keep))
 
 
 @dataclass
