@@ -16,14 +16,10 @@ import torch
 from torch.utils.data import Sampler
 
 
-def steps_per_epoch(n: int, batch_size: int, world_size: int) -> int:
-    return n // (batch_size * world_size)
-
-
 class ResumableBatchSampler(Sampler[List[Tuple[int, int]]]):
     def __init__(self, n: int, batch_size: int, world_size: int = 1, rank: int = 0, seed: int = 0,
                  start_batch: int = 0, shuffle: bool = True):
-        self.per_epoch = steps_per_epoch(n, batch_size, world_size)
+        self.per_epoch = n // (batch_size * world_size)
         if self.per_epoch == 0:
             raise ValueError(f"dataset has {n} samples, fewer than one global batch "
                              f"({batch_size} x {world_size} processes); lower train.batch_size")
