@@ -69,9 +69,22 @@ class TextConfig:
 
 
 @dataclass
+class FusionConfig:
+    """Fusion encoder (:mod:`xvl.models.fusion`): text tokens cross-attend to image patches or to the
+    paired sentence; its [CLS] state feeds the matching (ITM/TTM) and VQA heads. 0 layers: none
+    (a dual encoder; the fusion objectives and ``--rerank`` then refuse to run)."""
+
+    layers: int = 0
+    heads: int = 4
+    intermediate_size: Optional[int] = None  # default 4 x the text width
+    dropout: float = 0.1
+
+
+@dataclass
 class ModelConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
     embed_dim: int = 256
     init_temperature: float = 0.07
     max_logit_scale: float = 100.0
@@ -79,6 +92,8 @@ class ModelConfig:
     # (order fixes the ids: append, never reorder, or saved models' ids shift)
     languages: List[str] = field(default_factory=lambda: [
         "en", "de", "fr", "es", "ru", "ja", "zh", "cs", "nl", "id", "tr", "pt", "ko", "bn"])
+    # VQA answer vocabulary (class index = position); set by ``xvl finetune vqa``, empty: no answer head
+    vqa_answers: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -122,6 +137,9 @@ class DataConfig:
     exclude_kinds: List[str] = field(default_factory=list)  # e.g. ["machine_translation"]
     # one caption per image per step: pick a language uniformly, then one of its captions
     caption_sampling: Literal["uniform_language", "uniform_caption"] = "uniform_language"
+    # a second caption of the same image per sample (CCLM caption-translation view, RC3 weak pairs):
+    # auto = none unless an objective reads pairs, then prefer_strict (see ImageCaptionDataset)
+    pair_sampling: Literal["auto", "none", "any", "prefer_strict"] = "auto"
     augment: bool = False  # random resized crop (scale below); off for data whose captions name positions
     augment_scale: List[float] = field(default_factory=lambda: [0.7, 1.0])
     num_workers: int = 1

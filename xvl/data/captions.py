@@ -31,11 +31,23 @@ from xvl.data.images import SkipCounter, load_image
 logger = logging.getLogger(__name__)
 
 
+#: caption kinds that belong to an image's translation set (strictly aligned with each other when
+#: they share a ``source``); ``native`` captions are independent (weakly aligned)
+TRANSLATION_KINDS = ("original", "human_translation")
+
+#: ``pair_kind`` values in a batch (see :class:`ImageCaptionDataset`)
+PAIR_NONE, PAIR_WEAK, PAIR_STRICT = 0, 1, 2
+
+
 @dataclass
 class CaptionRecord:
     image_id: str
     image_path: str
     captions: Dict[str, List[str]]  # lang -> texts
+    # lang -> per-caption translation-set key (the source for original/human_translation, else None)
+    groups: Optional[Dict[str, List[Optional[str]]]] = None
+    # labelled boxes: [{"box": [x0, y0, x1, y1] in [0, 1] of the image, "labels": {lang: label}}]
+    objects: Optional[List[dict]] = None
 
 
 def read_caption_jsonl(path: str) -> List[dict]:
@@ -98,6 +110,7 @@ def load_caption_records(path: str, image_root: Optional[str] = None, languages:
         if max_records is not None and len(out) >= max_records:
             break
         caps: Dict[str, List[str]] = {}
+        groups: Dict[str, List[Optional[str]]] = {}
         for c in r["captions"]:
             lang = c.get("lang")
             if keep_langs is not None and lang not in keep_langs:
@@ -113,6 +126,8 @@ def load_caption_records(path: str, image_root: Optional[str] = None, languages:
                 skips.skip("empty_caption", f"image {r.get('image_id')} lang {lang}")
                 continue
             caps.setdefault(lang, []).append(text)
+            in_set = c.get("kind") in TRANSLATION_KINDS and c.get("source") is not None
+            groups.setdefault(lang, []).append(str(c["source"]) if in_set else None)
         if not caps:
             skips.skip("no_usable_caption", str(r.get("image_id")))
             continue
@@ -120,7 +135,8 @@ def load_caption_records(path: str, image_root: Optional[str] = None, languages:
         if check_files and not os.path.exists(img):
             skips.skip("missing_image", img)
             continue
-        out.append(CaptionRecord(str(r.get("image_id", r["image"])), img, caps))
+        out.append(CaptionRecord(str(r.get("image_id", r["image"])), img, caps, groups,
+                                 r.get("objects") or None))
     if not out:
         raise ValueError(f"{path}: no usable records (skips: {skips.as_dict()})")
     logger.info("%s: %d images, %d captions, languages %s, skipped %s", path, len(out),
@@ -140,27 +156,82 @@ class ImageCaptionDataset(Dataset):
     ``caption_sampling="uniform_language"`` picks a language uniformly among the image's, then a
     caption of it (balances languages with very different caption counts); ``"uniform_caption"``
     picks uniformly among all captions.
+
+    ``pair_sampling`` adds a second caption of the same image (``pair_text``, ``pair_lang``,
+    ``pair_kind``) for the cross-view objectives (CCLM's caption-translation view, RC3):
+
+    - ``"none"``: no second caption.
+    - ``"any"``: a caption in another language (language uniform, then caption); ``pair_kind`` is
+      :data:`PAIR_STRICT` when both captions are in the image's translation set with the same
+      ``source`` (``original`` / ``human_translation``: translations of each other), else
+      :data:`PAIR_WEAK` (independently written, e.g. ``native``).
+    - ``"prefer_strict"``: a translation of the caption when the image has one, else as ``"any"``.
+
+    An image with captions in one language only gets another caption of that language
+    (:data:`PAIR_WEAK`), or, with a single caption, the caption itself (:data:`PAIR_NONE`: the
+    objectives ignore such rows).
+
+    ``with_objects``: also return the record's labelled boxes with coordinates normalized to
+    [0, 1] of the image (for MRTM); resize-only transforms keep them valid, random crops do not.
     """
 
     MAX_RETRIES = 10
 
     def __init__(self, records: List[CaptionRecord], transform: Callable, lang_to_id: Dict[str, int],
-                 seed: int = 0, caption_sampling: str = "uniform_language"):
+                 seed: int = 0, caption_sampling: str = "uniform_language", pair_sampling: str = "none",
+                 with_objects: bool = False):
+        if pair_sampling not in ("none", "any", "prefer_strict"):
+            raise ValueError(f"pair_sampling must be none, any or prefer_strict, got {pair_sampling!r}")
         self.records = records
         self.transform = transform
         self.lang_to_id = lang_to_id
         self.seed = seed
         self.caption_sampling = caption_sampling
+        self.pair_sampling = pair_sampling
+        self.with_objects = with_objects
 
     def __len__(self) -> int:
         return len(self.records)
 
     def _pick_caption(self, rec: CaptionRecord, rng: random.Random):
+        """(lang, position in rec.captions[lang])"""
         if self.caption_sampling == "uniform_language":
             lang = rng.choice(sorted(rec.captions))
-            return lang, rng.choice(rec.captions[lang])
-        flat = [(lang, t) for lang in sorted(rec.captions) for t in rec.captions[lang]]
+            return lang, rng.randrange(len(rec.captions[lang]))
+        flat = [(lang, j) for lang in sorted(rec.captions) for j in range(len(rec.captions[lang]))]
         return rng.choice(flat)
+
+    def _pick_pair(self, rec: CaptionRecord, lang: str, j: int, rng: random.Random):
+        """(lang, position, pair kind) of the second caption."""
+        groups = rec.groups or {}
+        key = groups.get(lang, [None] * (j + 1))[j]
+
+        def strict(other: str, k: int) -> bool:
+            return key is not None and groups.get(other, [None] * (k + 1))[k] == key
+
+        others = sorted(x for x in rec.captions if x != lang)
+        if self.pair_sampling == "prefer_strict" and key is not None:
+            cands = [(x, k) for x in others for k in range(len(rec.captions[x])) if strict(x, k)]
+            if cands:
+                x, k = rng.choice(cands)
+                return x, k, PAIR_STRICT
+        if others:
+            x = rng.choice(others)
+            k = rng.randrange(len(rec.captions[x]))
+            return x, k, PAIR_STRICT if strict(x, k) else PAIR_WEAK
+        rest = [k for k in range(len(rec.captions[lang])) if k != j]
+        if rest:
+            return lang, rng.choice(rest), PAIR_WEAK
+        return lang, j, PAIR_NONE
+
+    @staticmethod
+    def _normalized_objects(rec: CaptionRecord, width: int, height: int) -> List[dict]:
+        out = []
+        for o in rec.objects or []:
+            x0, y0, x1, y1 = (float(v) for v in o["box"])
+            out.append({"box": [x0 / width, y0 / height, x1 / width, y1 / height],
+                        "labels": dict(o.get("labels") or ({"en": o["label"]} if "label" in o else {}))})
+        return out
 
     def __getitem__(self, key) -> dict:
         """``key`` is ``(epoch, index)`` (from :class:`~xvl.data.sampler.ResumableBatchSampler`) or
@@ -177,33 +248,56 @@ class ImageCaptionDataset(Dataset):
                 logger.warning("undecodable or missing image skipped: %s", rec.image_path)
                 skipped.append("bad_image")
                 continue
-            lang, text = self._pick_caption(rec, rng)
+            lang, j = self._pick_caption(rec, rng)
             # the crop's randomness comes from the same per-sample seed (exact resume)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(rng.getrandbits(63))
                 pixels = self.transform(img)
-            return {"image": pixels, "text": text, "lang": self.lang_to_id[lang], "skipped": skipped}
+            sample = {"image": pixels, "text": rec.captions[lang][j], "lang": self.lang_to_id[lang],
+                      "skipped": skipped}
+            if self.pair_sampling != "none":
+                plang, k, kind = self._pick_pair(rec, lang, j, rng)
+                sample.update(pair_text=rec.captions[plang][k], pair_lang=self.lang_to_id[plang], pair_kind=kind)
+            if self.with_objects:
+                sample["objects"] = self._normalized_objects(rec, *img.size)
+            return sample
         raise RuntimeError(f"{self.MAX_RETRIES} consecutive unreadable images near index {index}; "
                            "is the image root right?")
 
 
 class CaptionCollator:
-    """Stacks images, tokenizes captions, carries language ids and skip counts."""
+    """Stacks images, tokenizes captions (and second captions), carries language ids and skip counts.
+
+    Batch keys: ``image``, ``input_ids``, ``attention_mask``, ``lang``, ``n_skipped``; with pairs
+    also ``pair_input_ids``, ``pair_attention_mask``, ``pair_lang``, ``pair_kind``; with objects
+    ``objects`` (a list per row of ``{"box", "labels"}`` dicts).
+    """
 
     def __init__(self, tokenizer, max_length: int):
         self.tokenizer = tokenizer
         self.max_length = max_length
 
+    def _encode(self, texts: List[str]):
+        return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                              return_tensors="pt")
+
     def __call__(self, samples: List[dict]) -> dict:
-        enc = self.tokenizer([s["text"] for s in samples], padding=True, truncation=True,
-                             max_length=self.max_length, return_tensors="pt")
-        return {
+        enc = self._encode([s["text"] for s in samples])
+        batch = {
             "image": torch.stack([s["image"] for s in samples]),
             "input_ids": enc["input_ids"],
             "attention_mask": enc["attention_mask"],
             "lang": torch.tensor([s["lang"] for s in samples], dtype=torch.long),
             "n_skipped": torch.tensor(sum(len(s["skipped"]) for s in samples)),
         }
+        if "pair_text" in samples[0]:
+            pair = self._encode([s["pair_text"] for s in samples])
+            batch.update(pair_input_ids=pair["input_ids"], pair_attention_mask=pair["attention_mask"],
+                         pair_lang=torch.tensor([s["pair_lang"] for s in samples], dtype=torch.long),
+                         pair_kind=torch.tensor([s["pair_kind"] for s in samples], dtype=torch.long))
+        if "objects" in samples[0]:
+            batch["objects"] = [s["objects"] for s in samples]
+        return batch
 
 
 class PreparingCollator:

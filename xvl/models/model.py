@@ -21,6 +21,8 @@ from torch import nn
 from xvl.atomic import atomic_directory
 from xvl.config import ModelConfig, to_dict
 from xvl.configlib import from_dict
+from xvl.models.fusion import FusionEncoder
+from xvl.models.heads import AnswerHead, MaskedTokenHead, MatchingHead
 from xvl.models.text import TextTower
 from xvl.models.vision import VisionTower
 
@@ -54,6 +56,14 @@ class XVLModel(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
         self.lang_to_id = {lang: i for i, lang in enumerate(cfg.languages)}
         self._preprocess = None
+        # fusion encoder + its heads (model.fusion.layers > 0): matching, masked tokens, VQA answers
+        self.fusion = self.itm_head = self.fusion_mlm_head = self.answer_head = None
+        if cfg.fusion.layers > 0:
+            self.fusion = FusionEncoder(cfg.fusion, self.text.width, self.vision.width)
+            self.itm_head = MatchingHead(self.text.width)
+            self.fusion_mlm_head = MaskedTokenHead(self.text.width, self.text.model.get_input_embeddings())
+            if cfg.vqa_answers:
+                self.answer_head = AnswerHead(self.text.width, len(cfg.vqa_answers))
 
     # ----------------------------------------------------------------------------- inference API
     @property
@@ -86,6 +96,22 @@ class XVLModel(nn.Module):
                               device=input_ids.device)
         emb = self.text_proj(self.text(input_ids, attention_mask, lang=lang)["text_pooled"])
         return F.normalize(emb, dim=-1) if normalize else emb
+
+    def fuse(self, text_tokens: torch.Tensor, text_mask: torch.Tensor, context: torch.Tensor,
+             context_mask: Optional[torch.Tensor] = None, context_type: str = "image") -> torch.Tensor:
+        """Fused token states [B,L,H] of text tokens attending to ``context`` (image patch tokens, or
+        a paired sentence's token states with ``context_type="text"``); see :mod:`xvl.models.fusion`."""
+        if self.fusion is None:
+            raise ValueError("this model has no fusion encoder: set model.fusion.layers > 0 "
+                             "(needed by itm/ttm, conditional MLM, VTLM, MRTM, VQA and --rerank)")
+        return self.fusion(text_tokens, text_mask, context, context_mask, context_type)
+
+    def set_answer_vocabulary(self, answers: List[str]) -> None:
+        """(Re)create the VQA answer head for ``answers`` (class i = ``answers[i]``); saved with the model."""
+        if self.fusion is None:
+            raise ValueError("VQA needs a fusion encoder: the model has model.fusion.layers = 0")
+        self.cfg.vqa_answers = list(answers)
+        self.answer_head = AnswerHead(self.text.width, len(answers)).to(self.logit_scale.device)
 
     def get_logit_scale(self) -> torch.Tensor:
         """exp(learnable log-scale), clamped at ``max_logit_scale`` (CLIP: 100)."""
