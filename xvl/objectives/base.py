@@ -21,6 +21,12 @@ class Objective(nn.Module):
     """Base class: subclasses set ``name``, define a nested ``Args`` dataclass and ``forward``."""
 
     name: str = "objective"
+    #: batch keys the objective reads; the composite skips it on batches without them (in a run
+    #: that mixes image-caption and parallel-text steps, image-text objectives skip text batches)
+    requires: tuple = ()
+    #: the data it needs from the caption dataset: a second caption per image / the labelled boxes
+    needs_pairs: bool = False
+    needs_objects: bool = False
 
     @dataclass
     class Args:
@@ -29,6 +35,20 @@ class Objective(nn.Module):
     def __init__(self, args: "Objective.Args", model=None):
         super().__init__()
         self.args = args
+        # a plain reference, not a submodule: the model's parameters stay the model's (one copy in
+        # the state dict and the optimizer); objectives that run the fusion encoder or the text tower
+        # on their own inputs reach it through ``self.xvl_model``
+        self._model_ref = [model] if model is not None else []
+
+    @property
+    def xvl_model(self):
+        if not self._model_ref:
+            raise ValueError(f"objective {self.name} needs the model (build it with model=...)")
+        return self._model_ref[0]
+
+    def applies(self, outputs: Dict[str, torch.Tensor], batch: Dict) -> bool:
+        """Whether this objective has what it needs in ``batch`` (default: every key in ``requires``)."""
+        return all(k in batch for k in self.requires)
 
     def forward(self, outputs: Dict[str, torch.Tensor], batch: Dict) -> Dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -67,6 +87,8 @@ class CompositeObjective(nn.Module):
         result: Dict[str, torch.Tensor] = {}
         total = None
         for obj, w in zip(self.parts, self.weights):
+            if not obj.applies(outputs, batch):
+                continue
             part = obj(outputs, batch)
             for k, v in part.items():
                 if k.endswith("_loss"):
@@ -74,6 +96,9 @@ class CompositeObjective(nn.Module):
                     result[k] = v.detach()
                 else:
                     result[k] = v.detach() if torch.is_tensor(v) else v
+        if total is None:
+            raise ValueError(f"no objective applies to this batch (keys {sorted(batch)}); objectives: "
+                             f"{[o.name for o in self.parts]}")
         result["loss"] = total
         return result
 

@@ -54,6 +54,9 @@ class ContrastiveObjective(Objective):
         # fixed temperature instead of the model's learnable one (EMS: cosine with tau 0.1)
         temperature: Optional[float] = None
 
+    def applies(self, outputs, batch):
+        return self.args.view_a in outputs and self.args.view_b in outputs
+
     def forward(self, outputs, batch):
         a, b = outputs[self.args.view_a], outputs[self.args.view_b]
         if self.args.temperature is not None:
