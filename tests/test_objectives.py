@@ -73,3 +73,38 @@ def test_unknown_objective_and_bad_args_fail_up_front():
         build_objectives([ObjectiveSpec("itcc")])
     with pytest.raises(ConfigError, match="local_negatives"):
         build_objectives([ObjectiveSpec("itc", 1.0, {"local_negative": True})])
+
+
+def test_ttc_pair_rows_count_only_strict_translations_as_queries():
+    """CCLM's TTC on caption pairs: rows without a translation (pair_kind != 2) are no positives but
+    stay negatives for the others; equals the reference restricted to the strict rows' terms."""
+    obj = build_objectives([ObjectiveSpec("ttc", 1.0, {"temperature": 0.2})])
+    torch.manual_seed(4)
+    t, p = F.normalize(torch.randn(5, 8), dim=-1), F.normalize(torch.randn(5, 8), dim=-1)
+    kind = torch.tensor([2, 1, 2, 0, 2])
+    res = obj({"text_embeds": t, "pair_embeds": p, "logit_scale": torch.tensor(1.0)}, {"pair_kind": kind})
+    assert "ttc_loss" in res
+    expect = 0.0
+    for i in (0, 2, 4):
+        expect += 0.5 * (F.cross_entropy(5.0 * t[i] @ p.t(), torch.tensor(i))
+                         + F.cross_entropy(5.0 * p[i] @ t.t(), torch.tensor(i))) / 3
+    assert float(res["loss"]) == pytest.approx(float(expect), rel=1e-5)
+    # parallel-text batches carry no pair_kind: every row counts
+    res = obj({"text_embeds": t, "pair_embeds": p, "logit_scale": torch.tensor(1.0)}, {})
+    assert float(res["loss"]) == pytest.approx(reference_infonce(t, p, 5.0), rel=1e-5)
+
+
+def test_composite_skips_objectives_a_batch_cannot_feed_and_names_views_apart():
+    obj = build_objectives([ObjectiveSpec("itc"), ObjectiveSpec("ttc"),
+                            ObjectiveSpec("itc", 1.0, {"view_b": "pair_embeds"})])
+    torch.manual_seed(5)
+    t, p = F.normalize(torch.randn(4, 8), dim=-1), F.normalize(torch.randn(4, 8), dim=-1)
+    text_batch = {"text_embeds": t, "pair_embeds": p, "logit_scale": torch.tensor(10.0)}
+    res = obj(text_batch, {})
+    assert "ttc_loss" in res and "itc_loss" not in res and "itc_pair_loss" not in res
+    i = F.normalize(torch.randn(4, 8), dim=-1)
+    res = obj({**text_batch, "image_embeds": i}, {})
+    assert {"itc_loss", "ttc_loss", "itc_pair_loss"} <= set(res)
+    assert float(res["loss"]) == pytest.approx(float(res["itc_loss"] + res["ttc_loss"] + res["itc_pair_loss"]), rel=1e-6)
+    with pytest.raises(ValueError, match="no objective applies"):
+        build_objectives([ObjectiveSpec("itc")])({"text_embeds": t, "logit_scale": torch.tensor(1.0)}, {})

@@ -230,3 +230,30 @@ def test_text_only_training_with_bitext_eval(parallel_files, tmp_path, objective
     full, resumed = _losses(str(out)), _losses(str(killed))
     for step in range(7, 13):
         assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-6), step
+
+
+def test_mixed_caption_and_parallel_run_resumes_on_the_same_trajectory(demo_data, parallel_files, tmp_path):
+    """Image-caption and parallel-text micro-batches by ratio (CCLM-style): image-text terms skip the
+    text batches, the caption pairs feed TTC/TLM, and a killed run picks up both tasks' positions."""
+    out = tmp_path / "mixed"
+    args = _train_args(demo_data, out, f"data.parallel.sources=[{{type: aligned, path: {parallel_files}/train, "
+                                       "languages: [en, de], pairs: 'pivot:en'}]",
+                       "data.task_ratios={image_text: 2, text_pair: 1}", "train.max_steps=12", "train.ckpt_every=6",
+                       "objectives=[{name: itc}, {name: itc, args: {view_b: pair_embeds}}, {name: ttc}, {name: tlm}]")
+    assert main(args) == 0
+    with open(out / "metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f if '"loss"' in line]
+    assert len(rows) == 12 and all(math.isfinite(r["loss"]) for r in rows)
+    # some steps were text-only (no itc), some image-text (with itc, itc_pair and the caption-pair ttc)
+    assert any("itc_loss" not in r for r in rows) and any("itc_pair_loss" in r for r in rows)
+    assert all("ttc_loss" in r and "tlm_loss" in r for r in rows)
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    for name in ("checkpoint-00000006", "tokenizer"):
+        shutil.copytree(out / name, killed / name)
+    (killed / "latest").write_text("checkpoint-00000006\n")
+    args[args.index(f"train.output_dir={out}")] = f"train.output_dir={killed}"
+    assert main(args + ["--resume"]) == 0
+    full, resumed = _losses(str(out)), _losses(str(killed))
+    for step in range(7, 13):
+        assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-6), step

@@ -126,7 +126,7 @@ class DataConfig:
     """Training data: image-caption jsonl (flickr8k-ml schema) and/or parallel text.
 
     ``train`` set: image-caption training. ``train: null`` with ``parallel.sources``: text-only
-    training of the text tower (the image tower is frozen).
+    training of the text tower (the image tower is frozen). Both: a mixed run (``task_ratios``).
     """
 
     root: str = "../shared/data"  # relative paths below resolve against this
@@ -145,6 +145,9 @@ class DataConfig:
     num_workers: int = 1
     max_train_records: Optional[int] = None  # first N records (smoke runs)
     parallel: ParallelDataConfig = field(default_factory=ParallelDataConfig)
+    # with both train captions and parallel.sources: share of micro-batches per task,
+    # {image_text: w, text_pair: w} (default 1:1); each micro-batch comes from one task
+    task_ratios: Dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -8,7 +8,7 @@ from the config's ``args`` mapping, so a typo there is an error before training 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
@@ -27,6 +27,9 @@ class Objective(nn.Module):
     #: the data it needs from the caption dataset: a second caption per image / the labelled boxes
     needs_pairs: bool = False
     needs_objects: bool = False
+    #: the batch keys' prefix its input preparer writes (two objectives with the same one clash);
+    #: None: the objective's name
+    prepares: Optional[str] = None
 
     @dataclass
     class Args:

@@ -45,6 +45,7 @@ class MaskedLanguageModeling(Objective):
     """Cross-entropy of the LM head on ``outputs["mlm_tokens"]`` vs ``batch["mlm_labels"]``."""
 
     name = "mlm"
+    prepares = "mlm"  # mlm and tlm both write mlm_* keys
 
     @dataclass
     class Args:
@@ -140,6 +141,7 @@ class TranslationLanguageModeling(MaskedLanguageModeling):
     """The same loss on TLM batches (sentence + translation), logged as ``tlm_loss``."""
 
     name = "tlm"
+    needs_pairs = True  # on image-caption data: a second caption of the image (a translation when it has one)
 
     @dataclass
     class Args(MaskedLanguageModeling.Args):

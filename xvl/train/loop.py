@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from xvl.atomic import atomic_write_text
 from xvl.config import XVLConfig, save_config, to_dict
+from xvl.data.mixing import MixedBatchSampler, TaskCollator, TaskDataset
 from xvl.data.captions import (CaptionCollator, ImageCaptionDataset, PreparingCollator, load_caption_records,
                                read_caption_jsonl)
 from xvl.data.images import SkipCounter
@@ -106,64 +107,113 @@ def _truncate_metrics(path: str, last_step: int) -> None:
 
 @dataclass
 class TrainingData:
-    """What a run trains on: image-caption records, or parallel-text corpora (text-only)."""
+    """What a run trains on: image-caption records and/or parallel-text corpora.
 
-    kind: str  # "captions" | "parallel"
+    Captions only: image-text training. Parallel text only: text-only training of the text tower.
+    Both: a mixed run, each micro-batch drawn from one of them by ``data.task_ratios``.
+    """
+
     records: Optional[list] = None
     corpora: Optional[dict] = None
 
+    @property
+    def kind(self) -> str:
+        if self.records is not None and self.corpora is not None:
+            return "mixed"
+        return "captions" if self.records is not None else "parallel"
+
     def texts(self):
         """Every training sentence (for training a tokenizer)."""
-        if self.kind == "captions":
-            for rec in self.records:
-                for texts in rec.captions.values():
-                    yield from texts
-        else:
-            for pairs in self.corpora.values():
-                for p in pairs:
-                    yield p.src_text
-                    yield p.tgt_text
+        for rec in self.records or ():
+            for texts in rec.captions.values():
+                yield from texts
+        for pairs in (self.corpora or {}).values():
+            for p in pairs:
+                yield p.src_text
+                yield p.tgt_text
 
 
 def load_training_data(cfg: XVLConfig, train_path: Optional[str], skips: SkipCounter) -> TrainingData:
     """Read and validate the training data (errors here come before any model work)."""
+    data = TrainingData()
     if train_path is not None:
         image_root = resolve_path(cfg.data.root, cfg.data.image_root)
-        records = load_caption_records(train_path, image_root, languages=cfg.data.languages,
-                                       exclude_kinds=cfg.data.exclude_kinds, known_languages=cfg.model.languages,
-                                       max_records=cfg.data.max_train_records, skips=skips)
-        return TrainingData("captions", records=records)
-    from xvl.data.parallel import load_parallel_sources
+        data.records = load_caption_records(train_path, image_root, languages=cfg.data.languages,
+                                            exclude_kinds=cfg.data.exclude_kinds,
+                                            known_languages=cfg.model.languages,
+                                            max_records=cfg.data.max_train_records, skips=skips)
+    if cfg.data.parallel.sources:
+        from xvl.data.parallel import load_parallel_sources
 
-    corpora = load_parallel_sources(cfg.data.parallel.sources, cfg.data.root, skips)
-    known = set(cfg.model.languages)
-    unknown = sorted({lang for pairs in corpora.values() for p in pairs for lang in (p.src_lang, p.tgt_lang)} - known)
+        corpora = load_parallel_sources(cfg.data.parallel.sources, cfg.data.root, skips)
+        known = set(cfg.model.languages)
+        unknown = sorted({lang for pairs in corpora.values() for p in pairs
+                          for lang in (p.src_lang, p.tgt_lang)} - known)
+        if unknown:
+            raise ValueError(f"parallel data has languages {unknown} that are not in model.languages {sorted(known)}")
+        logger.info("parallel corpora: %s", {k: len(v) for k, v in corpora.items()})
+        data.corpora = corpora
+    return data
+
+
+def task_ratios(cfg: XVLConfig, data: TrainingData) -> Dict[str, float]:
+    """Share of micro-batches per task in a mixed run (``data.task_ratios``; default 1:1)."""
+    ratios = dict(cfg.data.task_ratios) or {"image_text": 1.0, "text_pair": 1.0}
+    unknown = sorted(set(ratios) - {"image_text", "text_pair"})
     if unknown:
-        raise ValueError(f"parallel data has languages {unknown} that are not in model.languages {sorted(known)}")
-    logger.info("parallel corpora: %s", {k: len(v) for k, v in corpora.items()})
-    return TrainingData("parallel", corpora=corpora)
+        raise ValueError(f"data.task_ratios: unknown task(s) {unknown}; tasks are image_text and text_pair")
+    return ratios
+
+
+def _pair_sampling(cfg: XVLConfig, objectives: CompositeObjective) -> str:
+    if cfg.data.pair_sampling != "auto":
+        return cfg.data.pair_sampling
+    return "prefer_strict" if any(o.needs_pairs for o in objectives.parts) else "none"
 
 
 def build_dataset(data: TrainingData, cfg: XVLConfig, model: XVLModel, tokenizer, objectives: CompositeObjective):
     """The map-style dataset and its collator for ``data`` (plus the objectives' input preparers)."""
-    if data.kind == "captions":
+    datasets, collators = {}, {}
+    if data.records is not None:
         transform = build_image_transform(model.vision.data_config(), train=True, augment=cfg.data.augment,
                                           scale=cfg.data.augment_scale)
-        dataset = ImageCaptionDataset(data.records, transform, model.lang_to_id, seed=cfg.train.seed,
-                                      caption_sampling=cfg.data.caption_sampling)
-        collate = CaptionCollator(tokenizer, cfg.model.text.max_length)
-    else:
+        with_objects = any(o.needs_objects for o in objectives.parts)
+        if with_objects and cfg.data.augment:
+            raise ValueError("an objective reads object boxes (mrtm) but data.augment crops images at random, "
+                             "which the boxes do not follow: set data.augment=false")
+        datasets["image_text"] = ImageCaptionDataset(
+            data.records, transform, model.lang_to_id, seed=cfg.train.seed,
+            caption_sampling=cfg.data.caption_sampling, pair_sampling=_pair_sampling(cfg, objectives),
+            with_objects=with_objects)
+        collators["image_text"] = CaptionCollator(tokenizer, cfg.model.text.max_length)
+    if data.corpora is not None:
         from xvl.data.parallel import ParallelCollator, ParallelTextDataset
 
-        dataset = ParallelTextDataset(data.corpora, model.lang_to_id, seed=cfg.train.seed,
-                                      alpha=cfg.data.parallel.alpha, swap=cfg.data.parallel.swap)
-        collate = ParallelCollator(tokenizer, cfg.model.text.max_length)
+        datasets["text_pair"] = ParallelTextDataset(data.corpora, model.lang_to_id, seed=cfg.train.seed,
+                                                    alpha=cfg.data.parallel.alpha, swap=cfg.data.parallel.swap)
+        collators["text_pair"] = ParallelCollator(tokenizer, cfg.model.text.max_length)
+    if len(datasets) == 1:
+        (dataset,), (collate,) = datasets.values(), collators.values()
+    else:
+        dataset, collate = TaskDataset(datasets), TaskCollator(collators)
     preparers = [p for p in (o.input_preparer() for o in objectives.parts) if p is not None]
-    if len(preparers) > 1:
-        raise ValueError("mlm and tlm both prepare the masked-LM inputs of a batch: use one of them per run")
+    writes = [o.prepares or o.name for o in objectives.parts if o.input_preparer() is not None]
+    if len(writes) != len(set(writes)):
+        raise ValueError(f"objectives {[o.name for o in objectives.parts]} prepare the same masked inputs "
+                         "(mlm and tlm both write mlm_*): use one of them per run")
     if preparers:
         collate = PreparingCollator(collate, preparers, tokenizer, seed=cfg.train.seed)
     return dataset, collate
+
+
+def build_sampler(dataset, data: TrainingData, cfg: XVLConfig, world: int, rank: int, start_batch: int):
+    """The resumable batch sampler: one task, or a :class:`MixedBatchSampler` over both."""
+    t = cfg.train
+    if isinstance(dataset, TaskDataset):
+        sizes = {k: len(d) for k, d in dataset.datasets.items()}
+        return MixedBatchSampler(sizes, task_ratios(cfg, data), t.batch_size, world, rank, seed=t.seed,
+                                 start_batch=start_batch)
+    return ResumableBatchSampler(len(dataset), t.batch_size, world, rank, seed=t.seed, start_batch=start_batch)
 
 
 def validate_objectives(cfg: XVLConfig) -> None:
@@ -266,8 +316,7 @@ def train(cfg: XVLConfig, resume: bool = False) -> TrainResult:
 
     world, rank = accelerator.num_processes, accelerator.process_index
     dataset, collate = build_dataset(data, cfg, model, tokenizer, objectives)
-    sampler = ResumableBatchSampler(len(dataset), t.batch_size, world, rank, seed=t.seed,
-                                    start_batch=start_step * t.grad_accum_steps)
+    sampler = build_sampler(dataset, data, cfg, world, rank, start_batch=start_step * t.grad_accum_steps)
     # one loader for the whole run: workers start once, not every epoch
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers,
                         multiprocessing_context="spawn" if cfg.data.num_workers > 0 else None)
@@ -333,8 +382,10 @@ def train(cfg: XVLConfig, resume: bool = False) -> TrainResult:
 
     # ---- the loop
     module.train()
+    # per-key sums and counts: in a mixed run an objective only reports on the batches it applies to
     sums: Dict[str, float] = defaultdict(float)
-    n_sum, t_window, samples_window = 0, time.perf_counter(), 0
+    counts: Dict[str, int] = defaultdict(int)
+    t_window, samples_window = time.perf_counter(), 0
     global_batch = t.batch_size * t.grad_accum_steps * world
     step = start_step
     while step < t.max_steps:
@@ -357,22 +408,24 @@ def train(cfg: XVLConfig, resume: bool = False) -> TrainResult:
                 accelerator.backward(out["loss"] / t.grad_accum_steps)
             for k, v in out.items():
                 if torch.is_tensor(v) and v.ndim == 0:
-                    sums[k] += float(v.detach()) / t.grad_accum_steps
+                    sums[k] += float(v.detach())
+                    counts[k] += 1
         if t.grad_clip > 0:
             sums["grad_norm"] += float(accelerator.clip_grad_norm_(module.parameters(), t.grad_clip))
+            counts["grad_norm"] += 1
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         unwrapped.objectives.after_step(unwrapped.model)
         step += 1
         samples_seen += global_batch
         samples_window += global_batch
-        n_sum += 1
 
         if step % t.log_every == 0 or step == t.max_steps:
             dt = time.perf_counter() - t_window
             rec = {"step": step, "lr": lr, "samples_per_s": samples_window / dt, "samples_seen": samples_seen,
                    "skipped": skips.total}
-            means = torch.tensor([v / n_sum for v in sums.values()], dtype=torch.float64, device=accelerator.device)
+            means = torch.tensor([v / counts[k] for k, v in sums.items()], dtype=torch.float64,
+                                 device=accelerator.device)
             if world > 1:  # every rank saw its own shard: log the mean over processes
                 means = accelerator.reduce(means, reduction="mean")
             rec.update(dict(zip(sums.keys(), means.tolist())))
@@ -380,7 +433,8 @@ def train(cfg: XVLConfig, resume: bool = False) -> TrainResult:
             if pbar is not None:
                 pbar.set_postfix(loss=f"{rec['loss']:.4f}", sps=f"{rec['samples_per_s']:.1f}", refresh=False)
             sums.clear()
-            n_sum, t_window, samples_window = 0, time.perf_counter(), 0
+            counts.clear()
+            t_window, samples_window = time.perf_counter(), 0
         if pbar is not None:
             pbar.update(1)
         if t.eval_every and step % t.eval_every == 0 and step < t.max_steps:
