@@ -12,6 +12,10 @@
   for TLM ``mlm_position_ids`` / ``mlm_token_type_ids`` / ``mlm_segment``) to a collated batch;
   :class:`xvl.models.model.XVLModel` turns those into ``mlm_tokens`` for the ``mlm``/``tlm``
   objectives.
+* :func:`mask_spans` — CCLM's caption masking: an exact per-row budget of positions (expected
+  fraction = the masking probability) in contiguous spans (:func:`span_selection`), then 80/10/10
+  (:func:`replace_selected`); :func:`co_mask_selection` — UC2's co-masking of aligned word pairs
+  in a concatenated sentence pair (both words or neither).
 
 Position ids follow the RoBERTa/XLM-R convention: real tokens are numbered from
 ``padding_idx + 1`` (HF's ``create_position_ids_from_input_ids``), padding gets ``padding_idx``.
@@ -24,7 +28,7 @@ collator seeded per (seed, epoch, step) masks reproducibly.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 import torch
 
@@ -220,3 +224,228 @@ def add_mlm_inputs(batch: Dict, tokenizer, mode: str = "mmlm", mlm_probability: 
     masked, labels = mask_tokens(ids, am, tokenizer, mlm_probability=mlm_probability, generator=generator)
     batch.update({"mlm_input_ids": masked, "mlm_attention_mask": am, "mlm_labels": labels, **extra})
     return batch
+
+
+def mask_patch_blocks(batch_size: int, grid_size: Tuple[int, int], mask_ratio: float = 0.3,
+                      block_size: int = 2, generator: Optional[torch.Generator] = None,
+                      device=None) -> torch.Tensor:
+    """Random square blocks of image patches to mask (MRTM, :mod:`xvl.objectives.mrtm`).
+
+    The ``gh x gw`` patch grid is tiled into ``block_size x block_size`` blocks aligned at multiples
+    of ``block_size`` (the last row / column of blocks is cut short when the grid is not divisible).
+    Each row of the batch masks the blocks taken in a random order, as many as bring the number of
+    masked patches closest to ``mask_ratio * gh * gw`` (at least one block). Returns a bool tensor
+    ``[batch_size, gh * gw]`` in row-major patch order (timm's token order), True = masked.
+    Randomness comes only from ``generator`` (default: the global RNG).
+    """
+    gh, gw = (int(v) for v in grid_size)
+    if not 0.0 < mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    if gh < 1 or gw < 1:
+        raise ValueError(f"grid_size must be positive, got {tuple(grid_size)}")
+    rdev = generator.device if generator is not None else torch.device("cpu")
+    nbw = -(-gw // block_size)
+    block_of = ((torch.arange(gh, device=rdev) // block_size)[:, None] * nbw
+                + (torch.arange(gw, device=rdev) // block_size)[None, :]).flatten()  # [N] block id
+    sizes = torch.bincount(block_of)  # patches per block (edge blocks may be smaller)
+    order = torch.rand(batch_size, sizes.numel(), generator=generator, device=rdev).argsort(dim=1)
+    covered = sizes[order].cumsum(dim=1)  # patches masked after taking the first k+1 blocks
+    last = (covered - mask_ratio * gh * gw).abs().argmin(dim=1)  # ties: fewer blocks
+    chosen = order.argsort(dim=1) <= last[:, None]  # [B, n_blocks]: rank within the order <= last
+    mask = chosen.gather(1, block_of.expand(batch_size, -1))
+    return mask.to(device) if device is not None else mask
+
+
+# ---------------------------------------------------------------------------------------------
+# Span masking (CCLM's conditional MLM) and co-masking of aligned words (UC2's VTLM)
+# ---------------------------------------------------------------------------------------------
+# Both select an exact per-row *budget* of positions rather than flipping a coin per position: a
+# row with ``n`` maskable tokens masks ``K = floor(p * n + u)`` of them, ``u ~ U[0, 1)`` (stochastic
+# rounding, so ``E[K] = p * n`` exactly), at least one and at most ``n``. Spans are then placed
+# until the budget is used up, the last one cut short if needed, so overlapping or clipped spans
+# never change the masked fraction (placing independent span starts at rate ``p / E[length]``
+# would under-shoot by the overlaps and at the sentence ends). This is CCLM's / X-VLM's
+# ``TextMaskingGenerator`` scheme (``n_pred = round(len * mask_prob)`` positions, visited in random
+# order, each starting a 2..3-token "skipgram" with probability ``skipgram_prb``).
+
+
+def maskable_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer=None,
+                       special_ids: Optional[Iterable[int]] = None) -> torch.Tensor:
+    """Bool [B,L]: attended positions holding no special token (``special_ids``, default the
+    tokenizer's special ids and pad), the only ones masking may select."""
+    specials = _special_ids(tokenizer, special_ids)
+    maskable = attention_mask.bool().clone()
+    if specials:
+        maskable &= ~torch.isin(input_ids, torch.tensor(specials, device=input_ids.device))
+    return maskable
+
+
+def _budgets(n: torch.Tensor, probability: float, u: torch.Tensor) -> list:
+    """Per-row counts ``clamp(floor(p * n + u), 1, n)`` (0 where ``n == 0``); ``u`` ~ U[0,1) [B]."""
+    k = torch.floor(probability * n.double() + u.double()).long()
+    k = torch.minimum(k.clamp_min(1), n)
+    return k.tolist()
+
+
+def replace_selected(input_ids: torch.Tensor, selected: torch.Tensor, tokenizer,
+                     generator: Optional[torch.Generator] = None,
+                     special_ids: Optional[Iterable[int]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """BERT's 80/10/10 corruption of the ``selected`` positions (bool [B,L]) of ``input_ids``.
+
+    Of the selected positions 80% become ``<mask>``, 10% a random non-special id (uniform over
+    ``0..len(tokenizer)-1`` minus ``special_ids``), 10% keep their token. Returns new tensors
+    ``(masked_ids, labels)``; ``labels`` hold the original id at the selected positions and -100
+    elsewhere. The same corruption as :func:`mask_tokens`, for selections made by other rules.
+    """
+    if tokenizer.mask_token_id is None:
+        raise ValueError("the tokenizer has no mask token: masked language modeling needs one")
+    specials = _special_ids(tokenizer, special_ids)
+    device, rdev, shape = input_ids.device, _rand_device(generator, input_ids), input_ids.shape
+    selected = selected.to(device=device, dtype=torch.bool)
+    labels = torch.where(selected, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
+    r = torch.rand(shape, generator=generator, device=rdev).to(device)
+    masked = input_ids.clone()
+    masked[selected & (r < 0.8)] = tokenizer.mask_token_id
+    vocab = torch.arange(len(tokenizer), device=rdev)
+    if specials:
+        vocab = vocab[~torch.isin(vocab, torch.tensor(specials, device=rdev))]
+    if len(vocab) == 0:
+        raise ValueError("the tokenizer has no non-special tokens to draw random replacements from")
+    random_ids = vocab[torch.randint(len(vocab), shape, generator=generator, device=rdev)]
+    to_random = selected & (r >= 0.8) & (r < 0.9)
+    masked[to_random] = random_ids.to(device=device, dtype=input_ids.dtype)[to_random]
+    return masked, labels
+
+
+def span_selection(maskable: torch.Tensor, mask_probability: float, span_probability: float = 0.0,
+                   span_lengths: Sequence[int] = (2, 3),
+                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Positions to mask (bool [B,L]) in contiguous spans, exactly the row's budget of them.
+
+    Each row with ``n`` maskable positions (``maskable`` True) gets ``K = clamp(floor(p*n + u), 1,
+    n)`` selected positions, ``u ~ U[0,1)`` (so ``E[K] = mask_probability * n``). The maskable
+    positions are visited in a random order; an unselected one starts a span whose length is, with
+    probability ``span_probability``, drawn uniformly from ``span_lengths``, else 1. A span runs
+    right over maskable, not yet selected positions and stops early at a special token, padding,
+    an already selected position, or when the budget ``K`` is reached (so the last span of a row
+    may be shorter); visiting continues until ``K`` positions are selected.
+    """
+    if not 0.0 < mask_probability <= 1.0:
+        raise ValueError(f"mask_probability must be in (0, 1], got {mask_probability}")
+    if not 0.0 <= span_probability <= 1.0:
+        raise ValueError(f"span_probability must be in [0, 1], got {span_probability}")
+    lengths = [int(x) for x in span_lengths]
+    if not lengths or min(lengths) < 1:
+        raise ValueError(f"span_lengths must be a non-empty list of lengths >= 1, got {list(span_lengths)}")
+    maskable = maskable.bool()
+    bsz, length = maskable.shape
+    rdev = _rand_device(generator, maskable)
+    # all randomness drawn up front, from the generator only (reproducible per batch)
+    order = torch.rand(bsz, length, generator=generator, device=rdev).argsort(dim=1).cpu().tolist()
+    starts_span = (torch.rand(bsz, length, generator=generator, device=rdev) < span_probability).cpu().tolist()
+    pick = torch.randint(len(lengths), (bsz, length), generator=generator, device=rdev).cpu().tolist()
+    u = torch.rand(bsz, generator=generator, device=rdev).cpu()
+    ok = maskable.cpu()
+    budgets = _budgets(ok.sum(1), mask_probability, u)
+    ok = ok.tolist()
+    selected = [[False] * length for _ in range(bsz)]
+    for i in range(bsz):
+        k, row_ok, sel, covered = budgets[i], ok[i], selected[i], 0
+        for pos in order[i]:
+            if covered >= k:
+                break
+            if not row_ok[pos] or sel[pos]:
+                continue
+            span = lengths[pick[i][pos]] if starts_span[i][pos] else 1
+            for q in range(pos, min(pos + min(span, k - covered), length)):
+                if not row_ok[q] or sel[q]:
+                    break
+                sel[q] = True
+                covered += 1
+    return torch.tensor(selected, dtype=torch.bool, device=maskable.device)
+
+
+def mask_spans(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer,
+               mask_probability: float = 0.4, span_probability: float = 0.0,
+               span_lengths: Sequence[int] = (2, 3), generator: Optional[torch.Generator] = None,
+               special_ids: Optional[Iterable[int]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """CCLM's caption masking: spans of tokens, then BERT's 80/10/10; returns ``(masked_ids, labels)``.
+
+    The selection is :func:`span_selection` over the attended, non-special tokens (``special_ids``,
+    default the tokenizer's special ids and pad: never selected), so the expected masked fraction
+    of each row's maskable tokens is ``mask_probability`` (exactly, by the per-row budget; only a
+    row with ``mask_probability * n < 1`` masks more, its one guaranteed token). Every row with a
+    maskable token masks at least one. ``span_probability = 0`` is token-level masking at an exact
+    rate. The corruption is :func:`replace_selected`; ``labels`` are -100 off the selection.
+    """
+    specials = _special_ids(tokenizer, special_ids)
+    selected = span_selection(maskable_positions(input_ids, attention_mask, special_ids=specials), mask_probability,
+                              span_probability, span_lengths, generator)
+    return replace_selected(input_ids, selected, tokenizer, generator, specials)
+
+
+def co_mask_selection(maskable: torch.Tensor, word_pairs: Sequence[Sequence[Tuple[Tuple[int, int], Tuple[int, int]]]],
+                      mask_probability: float = 0.15, co_mask_probability: float = 0.5,
+                      generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """UC2 co-masking on a concatenated sentence pair: aligned words are masked on both sides.
+
+    Args:
+        maskable: bool [B,L], positions that may be masked (attended, not special) in the
+            concatenation ``[caption ; translation]``.
+        word_pairs: per row, aligned words as ``((a0, a1), (b0, b1))`` token spans ``[start, end)``
+            in the concatenation's coordinates (one in each sentence).
+        mask_probability: the row's budget is ``K = clamp(floor(p * n + u), 1, n)`` of its ``n``
+            maskable tokens (``u ~ U[0,1)``; ``E[K] = p * n``).
+        co_mask_probability: the share of ``K`` (in tokens, stochastically rounded) spent on
+            co-masked word pairs: pairs are taken in a random order and *all* maskable tokens of
+            both words are selected, a pair that would overrun ``K`` is skipped, until that share
+            is reached or the pairs run out. The rest of the budget goes to ordinary token-level
+            masking of the remaining maskable positions (uniformly, without replacement).
+
+    Returns ``(selected, co_masked)``, bool [B,L]; ``co_masked`` marks the positions selected by
+    co-masking (a subset of ``selected``). Exactly ``K`` positions per row are selected.
+    """
+    if not 0.0 < mask_probability <= 1.0:
+        raise ValueError(f"mask_probability must be in (0, 1], got {mask_probability}")
+    if not 0.0 <= co_mask_probability <= 1.0:
+        raise ValueError(f"co_mask_probability must be in [0, 1], got {co_mask_probability}")
+    maskable = maskable.bool()
+    bsz, length = maskable.shape
+    if len(word_pairs) != bsz:
+        raise ValueError(f"co_mask_selection: {len(word_pairs)} rows of word pairs for a batch of {bsz}")
+    rdev = _rand_device(generator, maskable)
+    n_pairs = max([len(p) for p in word_pairs] + [0])
+    pair_order = torch.rand(bsz, max(n_pairs, 1), generator=generator, device=rdev).argsort(dim=1).cpu().tolist()
+    pos_keys = torch.rand(bsz, length, generator=generator, device=rdev).cpu()
+    u = torch.rand(bsz, 2, generator=generator, device=rdev).cpu()
+    ok = maskable.cpu()
+    budgets = _budgets(ok.sum(1), mask_probability, u[:, 0])
+    co_budgets = torch.floor(co_mask_probability * torch.tensor(budgets, dtype=torch.float64)
+                             + u[:, 1].double()).long().tolist()
+    selected = torch.zeros(bsz, length, dtype=torch.bool)
+    co = torch.zeros(bsz, length, dtype=torch.bool)
+    for i in range(bsz):
+        k, covered, row_ok = budgets[i], 0, ok[i]
+        pairs = list(word_pairs[i])
+        for j in pair_order[i]:
+            if covered >= min(co_budgets[i], k):
+                break
+            if j >= len(pairs):
+                continue
+            (a0, a1), (b0, b1) = pairs[j]
+            side_a = [q for q in range(max(a0, 0), min(a1, length)) if row_ok[q] and not co[i, q]]
+            side_b = [q for q in range(max(b0, 0), min(b1, length)) if row_ok[q] and not co[i, q]]
+            toks = side_a + side_b
+            # both words or neither: a pair with a side that has nothing left to mask is no co-mask
+            if not side_a or not side_b or covered + len(toks) > k:
+                continue
+            co[i, toks] = True
+            covered += len(toks)
+        rest = k - covered
+        if rest > 0:
+            keys = pos_keys[i].masked_fill(~row_ok | co[i], 2.0)
+            selected[i, keys.argsort()[:rest]] = True
+    selected |= co
+    return selected.to(maskable.device), co.to(maskable.device)
