@@ -257,3 +257,24 @@ def test_mixed_caption_and_parallel_run_resumes_on_the_same_trajectory(demo_data
     full, resumed = _losses(str(out)), _losses(str(killed))
     for step in range(7, 13):
         assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-6), step
+
+
+def test_init_from_copies_the_text_tower_of_a_model_dir(full_run, demo_data, tmp_path, capsys):
+    """Warm start (e.g. from the text recipe): the text tower and tokenizer come from the model dir;
+    a missing dir or a mismatched architecture fails before training."""
+    import xvl
+
+    src = os.path.join(full_run, "model")
+    out = tmp_path / "warm"
+    assert main(_train_args(demo_data, out, f"train.init_from={src}", "train.max_steps=1", "train.lr=0.0",
+                            "train.warmup_steps=0", "model.fusion.layers=1")) == 0
+    warm, base = xvl.load(str(out / "model")), xvl.load(src)
+    for k, v in base.state_dict().items():
+        if k.startswith(("text.", "text_proj.")):
+            assert torch.equal(warm.state_dict()[k], v), k
+    assert warm.fusion is not None and warm.tokenizer.get_vocab() == base.tokenizer.get_vocab()
+    assert main(_train_args(demo_data, tmp_path / "x", f"train.init_from={tmp_path}/nothing")) == 2
+    assert "init_from" in capsys.readouterr().err
+    assert main(_train_args(demo_data, tmp_path / "y", f"train.init_from={src}",
+                            "model.text.config.hidden_size=48")) == 2
+    assert "shape" in capsys.readouterr().err

@@ -182,6 +182,10 @@ class TrainConfig:
     # DDP: set true when the objectives leave trainable parameters without gradient (e.g. only a
     # fixed-temperature contrastive, which never touches logit_scale); costs a graph traversal per step
     find_unused_parameters: bool = False
+    # warm start: copy these modules' weights from an xvl model directory (e.g. the text recipe's
+    # runs/text-multi30k/model); its tokenizer is used too, unless model.text.tokenizer.path is set
+    init_from: Optional[str] = None
+    init_parts: List[str] = field(default_factory=lambda: ["text", "text_proj"])
 
 
 @dataclass

@@ -200,3 +200,41 @@ class XVLModel(nn.Module):
 def load(directory: str, map_location: str = "cpu") -> XVLModel:
     """Load a model directory written by :meth:`XVLModel.save_pretrained`."""
     return XVLModel.from_pretrained(directory, map_location=map_location)
+
+
+def init_from_model_dir(model: XVLModel, directory: str, parts) -> Dict[str, int]:
+    """Copy the weights of the top-level modules ``parts`` (e.g. ``["text", "text_proj"]``) from the
+    model directory ``directory`` into ``model`` (warm start: a multimodal recipe starting from the
+    text recipe's encoder). Names and shapes must match; returns {part: tensors copied}.
+
+    A part the directory lacks, or a shape mismatch (a different text width, vocabulary or
+    tokenizer), is an error before training, never a silent partial load.
+    """
+    from safetensors import safe_open
+
+    path = os.path.join(directory, WEIGHTS_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"train.init_from: {directory} is not an xvl model directory (no {WEIGHTS_FILE})")
+    own = model.state_dict()
+    copied: Dict[str, int] = {}
+    with safe_open(path, framework="pt") as f:
+        keys = list(f.keys())
+        for part in parts:
+            names = [k for k in keys if k.startswith(part + ".")]
+            if not names:
+                raise ValueError(f"train.init_from: {directory} has no weights for '{part}'")
+            for k in names:
+                if k not in own:
+                    raise ValueError(f"train.init_from: {directory} has {k}, which this model lacks "
+                                     "(different architecture?)")
+                t = f.get_tensor(k)
+                if t.shape != own[k].shape:
+                    raise ValueError(f"train.init_from: {k} has shape {tuple(t.shape)} in {directory} but "
+                                     f"{tuple(own[k].shape)} here (text config / tokenizer must match)")
+                with torch.no_grad():
+                    own[k].copy_(t)
+            missing = [k for k in own if k.startswith(part + ".") and k not in names]
+            if missing:
+                raise ValueError(f"train.init_from: {directory} lacks {missing[:3]}... for '{part}'")
+            copied[part] = len(names)
+    return copied

@@ -29,7 +29,7 @@ from xvl.data.captions import (CaptionCollator, ImageCaptionDataset, PreparingCo
 from xvl.data.images import SkipCounter
 from xvl.data.sampler import ResumableBatchSampler
 from xvl.data.transforms import build_image_transform
-from xvl.models.model import XVLModel
+from xvl.models.model import XVLModel, init_from_model_dir
 from xvl.objectives.base import CompositeObjective, build_objectives, parse_objective_args
 from xvl.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from xvl.train.optim import build_optimizer, lr_at
@@ -85,8 +85,8 @@ def setup_tokenizer(cfg: XVLConfig, run_dir: str, train_texts) -> object:
     saved = os.path.join(run_dir, "tokenizer")
     if os.path.exists(os.path.join(saved, "tokenizer_config.json")):
         return load_tokenizer(saved, max_length=text.max_length)
-    if tcfg.path or text.pretrained:
-        tok = load_tokenizer(tcfg.path or text.pretrained, max_length=text.max_length)
+    if tcfg.path or text.pretrained or cfg.train.init_from:
+        tok = load_tokenizer(tcfg.path or text.pretrained or cfg.train.init_from, max_length=text.max_length)
     else:
         logger.info("training a %s tokenizer (vocab %d) on the training captions", tcfg.model, tcfg.vocab_size)
         tok = train_tokenizer(list(train_texts()), vocab_size=tcfg.vocab_size, model=tcfg.model,
@@ -248,6 +248,8 @@ def train(cfg: XVLConfig, resume: bool = False) -> TrainResult:
     for what, p in (("data.train", train_path), ("data.val", val_path)):
         if p is not None and not os.path.exists(p):
             raise FileNotFoundError(f"{what}: file not found: {p} (data.root={cfg.data.root})")
+    if t.init_from and not os.path.exists(os.path.join(t.init_from, "model.safetensors")):
+        raise FileNotFoundError(f"train.init_from: no xvl model directory at {t.init_from}")
     validate_objectives(cfg)
     # parse the val file now: a malformed one must fail before training, not at the first eval
     val_records = read_caption_jsonl(val_path) if val_path is not None else None
@@ -292,6 +294,9 @@ def train(cfg: XVLConfig, resume: bool = False) -> TrainResult:
     if data.kind == "parallel":  # text-only training: the image tower is not used, keep it fixed
         for p in list(model.vision.parameters()) + list(model.image_proj.parameters()):
             p.requires_grad_(False)
+    if t.init_from and not (resume and latest_checkpoint(run_dir) is not None):
+        copied = init_from_model_dir(model, t.init_from, t.init_parts)
+        logger.info("initialised %s from %s", copied, t.init_from)
     objectives = build_objectives(cfg.objectives, model=model)
     module = TrainingModule(model, objectives)
     optimizer = build_optimizer(module, t.lr, t.weight_decay, t.betas, t.eps)
