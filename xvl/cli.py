@@ -2,8 +2,12 @@
 
     xvl demo [--out DIR]                             generate data, train, evaluate (the default)
     xvl train CONFIG.yaml [key=value ...] [--resume] train from a recipe
-    xvl eval retrieval --model DIR --data FILE.jsonl [--image-root DIR] [--out FILE.json]
+    xvl eval retrieval --model DIR --data FILE.jsonl [--image-root DIR] [--out FILE.json] [--rerank K]
     xvl eval bitext --model DIR (--tatoeba DIR | --src FILE --tgt FILE) [--out FILE.json]
+    xvl finetune vqa --model DIR --train FILE --answers FILE --out DIR [--val FILE] [--steps N]
+                                                     fine-tune for VQA (English only by default)
+    xvl eval vqa --model DIR --data FILE.jsonl [--image-root DIR] [--out FILE.json]
+                                                     per-language VQA accuracy (gqa schema)
     xvl tokenizer train --out DIR FILE [FILE ...]    train a multilingual tokenizer
     xvl data demo --out DIR                          write the synthetic demo dataset
 """
@@ -56,7 +60,8 @@ def cmd_eval_retrieval(args) -> int:
     model = xvl.load(args.model).to(device)
     result = evaluate_retrieval(model, records, image_root, batch_size=args.batch_size,
                                 languages=args.languages,
-                                include_machine_translation=args.include_machine_translation)
+                                include_machine_translation=args.include_machine_translation,
+                                rerank=args.rerank)
     print(format_retrieval_table(result))
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -88,6 +93,45 @@ def cmd_eval_bitext(args) -> int:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_finetune_vqa(args) -> int:
+    from xvl.evaluation.vqa import format_vqa_table
+    from xvl.train.finetune_vqa import finetune_vqa
+
+    result = finetune_vqa(args.model, args.train, args.out, args.answers, image_root=args.image_root,
+                          epochs=args.epochs, max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                          languages=args.languages, seed=args.seed, val_file=args.val,
+                          val_languages=args.val_languages, device=args.device, num_workers=args.workers)
+    print(f"fine-tuned {result['steps']} steps on {result['n_train_items']} questions ({','.join(args.languages)}), "
+          f"loss {result['loss_first']:.4f} -> {result['loss_last']:.4f}; model saved to {result['model_dir']}")
+    if result["n_out_of_vocabulary"]:
+        print(f"{result['n_out_of_vocabulary']} training question(s) had no answer in the vocabulary (left out)")
+    if result["eval"] is not None:
+        print(format_vqa_table(result["eval"]))
+        print(f"wrote {os.path.join(args.out, 'eval_vqa.json')}")
+    return 0
+
+
+def cmd_eval_vqa(args) -> int:
+    import torch
+
+    import xvl
+    from xvl.atomic import atomic_write_text
+    from xvl.data.vqa import read_vqa_jsonl
+    from xvl.evaluation.vqa import evaluate_vqa, format_vqa_table
+
+    records = read_vqa_jsonl(args.data, languages=args.languages)  # bad input fails before the model loads
+    image_root = args.image_root or os.path.dirname(os.path.abspath(args.data))
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = xvl.load(args.model).to(device)
+    result = evaluate_vqa(model, records, image_root, batch_size=args.batch_size, languages=args.languages,
+                          progress=True)
+    print(format_vqa_table(result))
+    if args.out:
+        atomic_write_text(args.out, json.dumps(result, indent=1, ensure_ascii=False))
         print(f"wrote {args.out}")
     return 0
 
@@ -136,6 +180,27 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the run dir's latest checkpoint")
     t.set_defaults(func=cmd_train)
 
+    f = sub.add_parser("finetune", help="fine-tune a model directory for a downstream task")
+    fsub = f.add_subparsers(dest="finetune_command", required=True)
+    fv = fsub.add_parser("vqa", help="VQA as answer classification on the fused [CLS] (gqa schema)")
+    fv.add_argument("--model", required=True, help="model directory with a fusion encoder")
+    fv.add_argument("--train", required=True, help="training questions (jsonl)")
+    fv.add_argument("--answers", required=True, help="answer vocabulary: {answer: index} or a list (json)")
+    fv.add_argument("--out", required=True, help="output dir: model/, metrics.jsonl, finetune_vqa.json")
+    fv.add_argument("--image-root", help="image paths are relative to this (default: each file's dir)")
+    fv.add_argument("--val", help="evaluate on these questions at the end (writes OUT/eval_vqa.json)")
+    fv.add_argument("--val-languages", nargs="+", help="evaluate only these languages of --val")
+    fv.add_argument("--steps", type=int, help="optimizer steps (overrides --epochs)")
+    fv.add_argument("--epochs", type=float, default=3.0)
+    fv.add_argument("--batch-size", type=int, default=32)
+    fv.add_argument("--lr", type=float, default=1e-4)
+    fv.add_argument("--languages", nargs="+", default=["en"],
+                    help="question languages to train on (zero-shot protocol: en)")
+    fv.add_argument("--seed", type=int, default=0)
+    fv.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    fv.add_argument("--device")
+    fv.set_defaults(func=cmd_finetune_vqa)
+
     e = sub.add_parser("eval", help="evaluate a model directory")
     esub = e.add_subparsers(dest="eval_command", required=True)
     r = esub.add_parser("retrieval", help="multilingual image-text retrieval (flickr8k-ml schema)")
@@ -146,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, default=128)
     r.add_argument("--languages", nargs="*")
     r.add_argument("--include-machine-translation", action="store_true")
+    r.add_argument("--rerank", type=int, default=0, metavar="K",
+                   help="re-score each query's top K contrastive candidates with the matching (ITM) head; "
+                        "needs a model with a fusion encoder (default 0: contrastive ranking only)")
     r.add_argument("--device")
     r.set_defaults(func=cmd_eval_retrieval)
 
@@ -162,6 +230,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=int, default=128)
     b.add_argument("--device")
     b.set_defaults(func=cmd_eval_bitext)
+
+    v = esub.add_parser("vqa", help="per-language VQA accuracy of a fine-tuned model (gqa schema)")
+    v.add_argument("--model", required=True)
+    v.add_argument("--data", required=True)
+    v.add_argument("--image-root")
+    v.add_argument("--out")
+    v.add_argument("--batch-size", type=int, default=64)
+    v.add_argument("--languages", nargs="+", help="evaluate only these languages (default: all in the data)")
+    v.add_argument("--device")
+    v.set_defaults(func=cmd_eval_vqa)
 
     k = sub.add_parser("tokenizer", help="tokenizer tools")
     ksub = k.add_subparsers(dest="tokenizer_command", required=True)

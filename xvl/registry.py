@@ -68,6 +68,7 @@ OBJECTIVES: Registry = Registry("objective", (
     "xvl.objectives.mlm",  # mlm / tlm
     "xvl.objectives.xlco",  # InfoXLM momentum contrast
     "xvl.objectives.token_contrastive",  # VECO 2.0 token-to-token alignment
+    "xvl.objectives.matching",  # CCLM itm / ttm (fusion-encoder matching with in-batch hard negatives)
     "xvl.objectives.conditional_mlm",  # CCLM conditional MLM (cmlm), through the fusion encoder
     "xvl.objectives.vtlm",  # UC2 visual translation LM with co-masking of aligned words
     "xvl.objectives.rc3",  # RC3 regularized contrastive (strict vs weakly aligned caption pairs)

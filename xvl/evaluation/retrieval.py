@@ -27,13 +27,19 @@ Ranking rules (see :func:`recall_at_k`):
 * image->text: a hit at k when ANY of the image's captions (in that language) is ranked within k;
 * text->image: each caption ranks the candidate images; a hit when its own image is within k;
 * ties count AGAINST the query (pessimistic).
+
+Re-ranking (``--rerank K``, :func:`rerank_recall_at_k`; models with a fusion encoder): for each
+query the top K candidates by contrastive similarity are re-scored by the matching head
+(P(matched) of ``model.itm_head(model.fuse(text, image)[:, 0])``, ALBEF / CCLM's ITM re-ranking);
+the final ranking is those K ordered by matching score, followed by the other candidates in
+contrastive order. The result then also holds ``"rerank": K``.
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
-from typing import Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -45,7 +51,8 @@ from xvl.evaluation.common import progress as progress_bar
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["recall_at_k", "evaluate_retrieval", "load_records", "format_retrieval_table"]
+__all__ = ["recall_at_k", "rerank_recall_at_k", "matching_scorer", "evaluate_retrieval", "load_records",
+           "format_retrieval_table"]
 
 DEFAULT_KS = (1, 5, 10)
 MACHINE_TRANSLATION = "machine_translation"
@@ -180,6 +187,175 @@ def recall_at_k(text_emb: Tensor, image_emb: Tensor, caption_image: Tensor,
 
 
 # --------------------------------------------------------------------------------------------
+# Re-ranking with the matching head
+# --------------------------------------------------------------------------------------------
+#: ``score_pairs(text_rows [M], image_rows [M]) -> [M]`` matching scores (higher = better match)
+PairScorer = Callable[[Tensor, Tensor], Tensor]
+
+
+def _reranked_ranks(sims: Tensor, true: Tensor, k: int, score: Callable[[Tensor, Tensor], Tensor],
+                    query_rows: Tensor) -> Tensor:
+    """0-based rank of the best true candidate of each query after re-ranking its top ``k``.
+
+    ``sims`` ``[c, M]`` contrastive scores of ``c`` queries against ``M`` candidates, ``true``
+    ``[c, M]`` bool (the query's own items), ``score(query_rows [n], cand [n]) -> [n]`` the
+    matching scores of (query, candidate) pairs.
+
+    The contrastive order is by score, ties pessimistic (a wrong candidate before a true one,
+    else by index); NaN wrong scores sort first and NaN true items are never hits, as in
+    :func:`recall_at_k`. The top ``k`` of that order are re-sorted by matching score (again
+    pessimistic: a wrong candidate tying the best true one is ahead; a NaN matching score on a
+    wrong candidate is ahead, on a true one it is not a hit). A query whose true item is not in
+    its top ``k`` keeps its contrastive rank (it is ``>= k`` and the re-sorted block does not
+    move it), so only queries with a true item in the top ``k`` have their pairs scored.
+    """
+    nan = torch.isnan(sims)
+    # contrastive rank, exactly as recall_at_k computes it (both directions in one formula)
+    best = sims.masked_fill(~true | nan, float("-inf")).max(dim=1, keepdim=True).values
+    rank = (((sims >= best) | nan) & ~true).sum(1)
+    rank[(true & ~nan).sum(1) == 0] = _MISS
+    need = torch.nonzero(rank < k).flatten()
+    if need.numel() == 0:
+        return rank
+    sims, true, nan = sims[need], true[need], nan[need]
+    # the top k in pessimistic contrastive order: wrong before true, then index, then by score
+    key = sims.masked_fill(nan & ~true, float("inf")).masked_fill(nan & true, float("-inf"))
+    order = torch.sort(true.to(torch.int8), dim=1, stable=True).indices
+    order = order.gather(1, torch.sort(key.gather(1, order), dim=1, descending=True, stable=True).indices)
+    top = order[:, :k]                                                       # [n, k]
+    is_true = true.gather(1, top)
+    usable = is_true & ~nan.gather(1, top)                                   # scorable true items
+    m = score(query_rows[need].unsqueeze(1).expand_as(top).reshape(-1), top.reshape(-1))
+    m = m.to(device=sims.device, dtype=torch.float64).view_as(top)
+    m_nan = torch.isnan(m)
+    best = m.masked_fill(~usable | m_nan, float("-inf")).max(dim=1, keepdim=True).values
+    new_rank = (((m >= best) | m_nan) & ~is_true).sum(1)
+    new_rank[(usable & ~m_nan).sum(1) == 0] = _MISS
+    rank[need] = new_rank
+    return rank
+
+
+@torch.no_grad()
+def rerank_recall_at_k(text_emb: Tensor, image_emb: Tensor, caption_image: Tensor, score_pairs: PairScorer,
+                       rerank: int, ks: Sequence[int] = DEFAULT_KS, chunk_size: int = 1024) -> dict:
+    """Recall@K (both directions) after re-ranking each query's top ``rerank`` candidates.
+
+    Args:
+        text_emb, image_emb, caption_image, ks, chunk_size: as in :func:`recall_at_k`.
+        score_pairs: ``score_pairs(text_rows, image_rows) -> [M]`` matching scores for the pairs
+            (row ``t`` of ``text_emb``, row ``i`` of ``image_emb``), higher = more likely matched;
+            e.g. :func:`matching_scorer`. Called once per chunk and direction with every pair
+            that needs a score (text->image: for each caption its top ``rerank`` images;
+            image->text: for each image its top ``rerank`` captions).
+        rerank: K >= 1, the number of top contrastive candidates to re-score.
+
+    For each query the final ranking is its top-K candidates by contrastive score, ordered by
+    matching score, then the other candidates in contrastive order; ranks and ties are defined
+    as in :func:`recall_at_k` (pessimistic; for image->text the best-ranked own caption counts).
+    Queries whose true item is outside the top K keep their contrastive rank, which the
+    matching scores cannot change, so their pairs are not scored.
+    """
+    ks = _check_ks(ks)
+    if isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 1:
+        raise ValueError(f"rerank must be a positive integer, got {rerank!r}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if text_emb.dim() != 2 or image_emb.dim() != 2 or text_emb.shape[1] != image_emb.shape[1]:
+        raise ValueError(f"text_emb and image_emb must be [T, D] and [N, D], got shapes "
+                         f"{tuple(text_emb.shape)} and {tuple(image_emb.shape)}")
+    T, N = text_emb.shape[0], image_emb.shape[0]
+    if T == 0 or N == 0:
+        raise ValueError(f"need at least one caption and one image, got T={T}, N={N}")
+    device = text_emb.device
+    caption_image = torch.as_tensor(caption_image)
+    if caption_image.shape != (T,) or caption_image.dtype.is_floating_point or caption_image.dtype == torch.bool:
+        raise ValueError(f"caption_image must be an integer tensor of shape [{T}], got "
+                         f"{caption_image.dtype} {tuple(caption_image.shape)}")
+    caption_image = caption_image.to(device=device, dtype=torch.long)
+    if int(caption_image.min()) < 0 or int(caption_image.max()) >= N:
+        raise ValueError(f"caption_image values must be in [0, {N})")
+    if bool((torch.bincount(caption_image, minlength=N) == 0).any()):
+        raise ValueError("some image has no caption; leave it out of image_emb")
+    dtype = text_emb.dtype if text_emb.dtype in (torch.float32, torch.float64) else torch.float32
+    text_emb = _poison_nonfinite_rows(text_emb.to(dtype), "text")
+    image_emb = _poison_nonfinite_rows(image_emb.to(device=device, dtype=dtype), "image")
+
+    t2i_rank = torch.empty(T, dtype=torch.long, device=device)
+    for start in range(0, T, chunk_size):
+        end = min(start + chunk_size, T)
+        sims = text_emb[start:end] @ image_emb.T                                     # [c, N]
+        true = caption_image[start:end].unsqueeze(1) == torch.arange(N, device=device)
+        t2i_rank[start:end] = _reranked_ranks(sims, true, min(rerank, N), score_pairs,
+                                              torch.arange(start, end, device=device))
+    i2t_rank = torch.empty(N, dtype=torch.long, device=device)
+    for start in range(0, N, chunk_size):
+        end = min(start + chunk_size, N)
+        sims = image_emb[start:end] @ text_emb.T                                     # [c, T]
+        true = caption_image.unsqueeze(0) == torch.arange(start, end, device=device).unsqueeze(1)
+        i2t_rank[start:end] = _reranked_ranks(sims, true, min(rerank, T), lambda img, txt: score_pairs(txt, img),
+                                              torch.arange(start, end, device=device))
+
+    def recalls(rank: Tensor) -> dict:
+        return {f"r{k}": float((rank < k).double().mean()) for k in ks}
+
+    return {"i2t": recalls(i2t_rank), "t2i": recalls(t2i_rank)}
+
+
+class _ModelMatchingScorer:
+    """P(matched) from the model's fusion encoder + ``itm_head``; see :func:`matching_scorer`."""
+
+    def __init__(self, model, texts: List[str], image_tokens: Tensor, image_rows: Sequence[int],
+                 lang: Optional[str], batch_size: int, progress: bool):
+        self.model, self.texts, self.image_tokens = model, list(texts), image_tokens
+        self.image_rows = torch.as_tensor(list(image_rows), dtype=torch.long, device=image_tokens.device)
+        self.batch_size, self.progress, self.lang_code = batch_size, progress, lang
+        self.device = next(model.parameters()).device
+        lang_ids = getattr(model, "lang_to_id", {}) or {}
+        self.lang = torch.tensor(lang_ids[lang], device=self.device) if lang in lang_ids else None
+
+    @torch.no_grad()
+    def __call__(self, text_rows: Tensor, image_rows: Tensor) -> Tensor:
+        text_rows, image_rows = text_rows.long().cpu(), image_rows.long().cpu()
+        n = text_rows.numel()
+        out = torch.empty(n, dtype=torch.float32)
+        if n == 0:
+            return out
+        # sorted by text: a batch holds few distinct captions, each run through the text tower once
+        order = torch.argsort(text_rows * (int(image_rows.max()) + 1) + image_rows, stable=True)
+        bar = progress_bar(range(0, n, self.batch_size), self.progress, desc=f"rerank [{self.lang_code}]",
+                           total=math.ceil(n / self.batch_size), unit="batch", leave=False)
+        for start in bar:
+            sel = order[start:start + self.batch_size]
+            uniq, inv = torch.unique(text_rows[sel], return_inverse=True)
+            tok = self.model.tokenize([self.texts[t] for t in uniq.tolist()])
+            ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
+            tokens = self.model.text(ids, mask, lang=self.lang)["text_tokens"]
+            inv = inv.to(self.device)
+            ctx = self.image_tokens[self.image_rows[image_rows[sel].to(self.image_rows.device)]].to(self.device)
+            fused = self.model.fuse(tokens[inv], mask[inv], ctx, None, context_type="image")
+            out[sel] = self.model.itm_head(fused[:, 0]).float().softmax(dim=-1)[:, 1].cpu()
+        return out
+
+
+def matching_scorer(model, texts: List[str], image_tokens: Tensor, image_rows: Sequence[int],
+                    lang: Optional[str] = None, batch_size: int = 64, progress: bool = False) -> PairScorer:
+    """A ``score_pairs`` for :func:`rerank_recall_at_k` from a model with a fusion encoder.
+
+    ``score_pairs(text_rows, image_rows)[m]`` is P(matched) = softmax of
+    ``model.itm_head(model.fuse(text tokens of texts[text_rows[m]], image tokens)[:, 0])`` at
+    class 1, with the image tokens ``image_tokens[image_rows[image_rows_m]]`` (``image_tokens``:
+    the cached patch tokens of all evaluated images, ``image_rows``: local candidate -> row).
+    Pairs are processed ``batch_size`` at a time, sorted by text so each caption's token states
+    are computed once per batch; ``lang`` routes language-specific text modules. Call it under
+    ``model.eval()``.
+    """
+    if getattr(model, "fusion", None) is None or getattr(model, "itm_head", None) is None:
+        raise ValueError("re-ranking needs a model with a fusion encoder and matching head "
+                         "(model.fusion.layers > 0)")
+    return _ModelMatchingScorer(model, texts, image_tokens, image_rows, lang, batch_size, progress)
+
+
+# --------------------------------------------------------------------------------------------
 # Records
 # --------------------------------------------------------------------------------------------
 # the captions-schema reader lives with the data code; re-exported here as part of this API
@@ -272,9 +448,35 @@ def _encode_texts(model, texts: list, batch_size: int, device, progress: bool, d
     return torch.cat(embs)
 
 
+@torch.no_grad()
+def _encode_image_tokens(model, items: list, kept: list, image_root: str, batch_size: int, device,
+                         progress: bool) -> Tensor:
+    """Patch tokens ``[len(kept), P, C]`` of the images that loaded (re-ranking only).
+
+    The images are loaded and run through the vision tower a second time rather than keeping the
+    first pass's tokens, so the plain (``rerank=0``) path is untouched (the extra pass is small next
+    to scoring ``K`` fused pairs per query). The result stays on ``device`` for the whole
+    evaluation: ``len(kept) * P * C`` floats, e.g. 1000 ViT-B/16 images at 224 px are
+    1000 x 196 x 768 x 4 B = 0.6 GB; far larger sets would want a per-chunk recomputation instead.
+    """
+    out = []
+    bar = progress_bar(range(0, len(kept), batch_size), progress, desc="image tokens",
+                       total=math.ceil(len(kept) / batch_size), unit="batch")
+    for start in bar:
+        pixels = []
+        for i in kept[start:start + batch_size]:
+            path = os.path.join(image_root, items[i][1])
+            img = load_image(path)
+            if img is None:  # it loaded a moment ago: the data changed under the evaluation
+                raise ValueError(f"image {path} could not be re-read for re-ranking")
+            pixels.append(model.preprocess(img))
+        out.append(model.vision(torch.stack(pixels).to(device))["image_tokens"])
+    return torch.cat(out)
+
+
 def evaluate_retrieval(model, records: list, image_root: str, batch_size: int = 64,
                        languages=None, include_machine_translation: bool = False,
-                       chunk_size: int = 1024, progress: bool = True) -> dict:
+                       chunk_size: int = 1024, progress: bool = True, rerank: int = 0) -> dict:
     """Per-language Recall@{1,5,10} in both directions (see the module docstring for the output).
 
     Args:
@@ -291,6 +493,13 @@ def evaluate_retrieval(model, records: list, image_root: str, batch_size: int = 
             (left out by default; leaving them out is a filter, not a skip, so not counted).
         chunk_size: rows per similarity chunk, see :func:`recall_at_k`.
         progress: show tqdm progress bars.
+        rerank: K > 0 re-scores each query's top K contrastive candidates with the matching head
+            (see :func:`rerank_recall_at_k` / :func:`matching_scorer`; the model needs a fusion
+            encoder, else ``ValueError`` before anything is loaded) and adds ``"rerank": K`` to the
+            result. The patch tokens of all evaluated images are kept in memory for it (see
+            :func:`_encode_image_tokens`); each caption is re-encoded by the text tower when its
+            pairs are scored. 0 (default): contrastive ranking only, the result has no
+            ``"rerank"`` key.
 
     Each image is loaded and encoded once (only images with at least one usable caption), each
     distinct caption text once per language. The model is put in eval mode under
@@ -304,6 +513,11 @@ def evaluate_retrieval(model, records: list, image_root: str, batch_size: int = 
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 0:
+        raise ValueError(f"rerank must be an integer >= 0, got {rerank!r}")
+    if rerank and (getattr(model, "fusion", None) is None or getattr(model, "itm_head", None) is None):
+        raise ValueError(f"rerank={rerank} needs a model with a fusion encoder and matching head "
+                         "(model.fusion.layers > 0); this model is a dual encoder: use rerank=0")
     image_root = "" if image_root is None else os.fspath(image_root)
     skips = SkipCounter("retrieval eval")
     items = _collect(records, languages, include_machine_translation, skips)
@@ -322,6 +536,9 @@ def evaluate_retrieval(model, records: list, image_root: str, batch_size: int = 
             raise ValueError(f"none of the {len(items)} images could be loaded from "
                              f"{image_root or os.getcwd()!r}; skipped: {skips.as_dict()}")
         image_emb = image_emb.to(device)
+        image_tokens = None
+        if rerank:
+            image_tokens = _encode_image_tokens(model, items, kept, image_root, batch_size, device, progress)
 
         # captions per language, over the images that loaded: image_pos = row in image_emb
         by_lang: dict = {}
@@ -348,8 +565,14 @@ def evaluate_retrieval(model, records: list, image_root: str, batch_size: int = 
             text_emb = uniq_emb[torch.tensor([row[t] for _, t in pairs], device=uniq_emb.device)]
             del uniq_emb
             cand_emb = image_emb[torch.tensor(cand, device=image_emb.device)]
-            rec = recall_at_k(text_emb, cand_emb, caption_image, ks=DEFAULT_KS,
-                              chunk_size=chunk_size)
+            if rerank:
+                scorer = matching_scorer(model, [t for _, t in pairs], image_tokens, cand, lang=lang,
+                                         batch_size=batch_size, progress=progress)
+                rec = rerank_recall_at_k(text_emb, cand_emb, caption_image, scorer, rerank,
+                                         ks=DEFAULT_KS, chunk_size=chunk_size)
+            else:
+                rec = recall_at_k(text_emb, cand_emb, caption_image, ks=DEFAULT_KS,
+                                  chunk_size=chunk_size)
             del text_emb, cand_emb
             rec["mean_recall"] = mean(list(rec["i2t"].values()) + list(rec["t2i"].values()))
             rec["n_images"] = len(cand)
@@ -368,7 +591,10 @@ def evaluate_retrieval(model, records: list, image_root: str, batch_size: int = 
     average["mean_recall"] = mean(per_language[l]["mean_recall"] for l in langs)
     if skips.total:
         logger.warning("retrieval eval: skipped %s", skips.as_dict())
-    return {"per_language": per_language, "average": average, "n_skipped": skips.as_dict()}
+    result = {"per_language": per_language, "average": average, "n_skipped": skips.as_dict()}
+    if rerank:
+        result["rerank"] = rerank
+    return result
 
 
 # --------------------------------------------------------------------------------------------
