@@ -113,7 +113,7 @@ def test_missing_data_path_is_a_clear_error_before_work(tmp_path, capsys):
 
 
 def test_unknown_objective_is_a_clear_error(demo_data, tmp_path, capsys):
-    assert main(_train_args(demo_data, str(tmp_path / "o"), "objectives=[{name: itx}]")) == 2
+    assert main(_train_args(demo_data, str(tmp_path / "o"), "objectives=[{name: itcc}]")) == 2
     assert "did you mean 'itc'" in capsys.readouterr().err
 
 
