@@ -319,3 +319,29 @@ def test_args_validation(tiny_model):
         build_objective("cmlm", {"condition": "caption"})
     with pytest.raises(ValueError, match="fusion"):
         build_objective("cmlm", {}, model=tiny_model)  # no fusion encoder
+
+
+def test_max_rows_predicts_only_the_first_rows_masks(monkeypatch):
+    """cmlm max_rows=N equals the plain loss computed on the batch cut to its first N rows."""
+    import torch
+
+    from xvl.config import FusionConfig
+    from xvl.models.model import XVLModel
+    from xvl.objectives.base import build_objective
+    from xvl.data.tokenizer import train_tokenizer
+    from tests.conftest import TINY_TEXTS, tiny_model_config
+
+    tok = train_tokenizer(TINY_TEXTS, vocab_size=300, max_length=16)
+    torch.manual_seed(0)
+    model = XVLModel(tiny_model_config(fusion=FusionConfig(layers=1, heads=2, dropout=0.0)), tok).eval()
+    texts = TINY_TEXTS[:6]
+    enc = model.tokenize(texts)
+    batch = {"image": torch.randn(6, 3, 32, 32), **enc, "lang": torch.zeros(6, dtype=torch.long)}
+    full = build_objective("cmlm", {}, model=model)
+    cut = build_objective("cmlm", {"max_rows": 3}, model=model)
+    full.input_preparer()(batch, tok, generator=torch.Generator().manual_seed(0))
+    small = {k: v[:3] for k, v in batch.items()}
+    expect = full(model(small), small)["cmlm_loss"]
+    got = cut(model(batch), batch)["cmlm_loss"]
+    assert torch.allclose(got, expect, atol=1e-6)
+    assert not torch.allclose(full(model(batch), batch)["cmlm_loss"], expect)

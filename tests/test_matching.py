@@ -273,3 +273,26 @@ def test_loss_decreases_on_a_fixed_batch(tiny_tokenizer, view):
     chance = -(math.log(1 / 3) + 2 * math.log(2 / 3)) / 3
     last = sum(losses[-10:]) / 10
     assert losses[0] > chance and last < 0.5 * chance, losses
+
+
+
+def test_max_rows_scores_only_the_first_rows_but_draws_negatives_from_the_whole_batch(fused_model, monkeypatch):
+    """itm max_rows=N: the loss equals the reference over the first N rows' positive and two
+    negatives, while the negatives are drawn from the whole batch's similarity."""
+    model = fused_model.eval()
+    calls = _recording_sampler(monkeypatch)
+    obj = build_objective("itm", {"max_rows": 2}, model=model)
+    batch = make_batch(model)
+    out = model(batch)
+    res = obj(out, batch)
+    (sim_tc, _, neg_ctx), (_, _, neg_text) = calls
+    assert sim_tc.shape == (len(PAIRS), len(PAIRS))
+    n_fused = []
+    orig = model.fuse
+    monkeypatch.setattr(model, "fuse", lambda t, *a, **k: n_fused.append(t.shape[0]) or orig(t, *a, **k))
+    obj(out, batch)
+    assert n_fused == [6]
+    first = torch.arange(len(PAIRS)) < 2
+    ref, _ = _reference_loss(model, batch, "image", neg_ctx.masked_fill(~first, -1),
+                             neg_text.masked_fill(~first, -1), first.tolist())
+    assert torch.allclose(res["itm_loss"], ref, atol=1e-5), (res["itm_loss"], ref)

@@ -292,8 +292,8 @@ def test_args_registration_and_requirements(tiny_tokenizer):
     with pytest.raises(ConfigError):
         build_objectives([ObjectiveSpec("rc3", 1.0, {"alpah": 0.5})])
     assert OBJECTIVES.get("rc3") is RC3Objective and RC3Objective.needs_pairs
-    assert make_rc3().requires == ("image", "pair_input_ids")
-    assert make_rc3(include_image=False).requires == ("pair_input_ids",)
+    # parallel-text batches (no image) run the text-text term; image terms join where images are
+    assert make_rc3().requires == ("pair_input_ids",) == make_rc3(include_image=False).requires
     # momentum relevance needs the model: built without one, forward says why
     bare = build_objectives([ObjectiveSpec("rc3", 1.0, {"relevance": "momentum"})]).parts[0]
     model = make_model(tiny_tokenizer).eval()
@@ -301,8 +301,8 @@ def test_args_registration_and_requirements(tiny_tokenizer):
     with pytest.raises(RuntimeError, match="without a model"):
         bare(model(batch), batch)
     # the composite skips an image objective on a text-only batch
-    text_only = {k: v for k, v in batch.items() if k != "image"}
-    assert not bare.applies({}, text_only) and make_rc3(include_image=False).applies({}, text_only)
+    # text-only batches (mixed runs) get the text-text term
+    assert bare.applies({}, text_only) and make_rc3(include_image=False).applies({}, text_only)
 
 
 # ------------------------------------------------------------------------------- distributed
@@ -352,3 +352,18 @@ def test_gathered_loss_equals_single_process_with_uneven_valid_rows(tmp_path):
     ref_loss, ref_grad = _dist_loss_and_grad(*_dist_problem(), KINDS)
     torch.testing.assert_close(got["loss"], ref_loss, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(got["grad"], ref_grad, rtol=1e-9, atol=1e-12)
+
+
+def test_text_batches_run_the_text_term_alone(tiny_tokenizer):
+    """In a mixed run a parallel-text batch (no image, no pair_kind: all strict) gets the plain
+    text-text contrastive; the same batch with images adds the two image terms."""
+    model = make_model(tiny_tokenizer).eval()
+    batch = make_batch(model, [2, 2, 2])
+    text_only = {k: v for k, v in batch.items() if k not in ("image", "pair_kind")}
+    obj = make_rc3()
+    out = model(text_only)
+    res = obj(out, text_only)
+    ref = contrastive_loss(out["text_embeds"], out["pair_embeds"], out["logit_scale"])["loss"]
+    assert torch.allclose(res["rc3_loss"], ref, atol=1e-6) and "rc3_it" not in res
+    res_img = obj(model(batch), batch)
+    assert "rc3_it" in res_img and float(res_img["rc3_loss"]) > float(res["rc3_loss"])

@@ -92,6 +92,9 @@ class ConditionalMLM(Objective):
         span_probability: float = 0.0  # chance that a masked position starts a multi-token span
         span_lengths: List[int] = field(default_factory=lambda: [2, 3])  # span length: uniform over these
         condition: Literal["image", "translation", "auto"] = "image"
+        # predict the masks of the first max_rows rows only (cost: a text + fusion forward per row);
+        # None = every row (CCLM)
+        max_rows: Optional[int] = None
 
     def __init__(self, args: "ConditionalMLM.Args", model=None):
         super().__init__(args, model)
@@ -143,7 +146,14 @@ class ConditionalMLM(Objective):
         ids, labels = batch["cmlm_input_ids"], batch["cmlm_labels"]
         mask = batch["attention_mask"]
         context, context_mask, context_type, keep = self._context(outputs, batch)
-        text = model.text(ids, mask, lang=batch.get("lang"))["text_tokens"]
+        lang = batch.get("lang")
+        n = self.args.max_rows
+        if n is not None and n < ids.shape[0]:
+            ids, labels, mask, context = ids[:n], labels[:n], mask[:n], context[:n]
+            lang = None if lang is None else lang[:n]
+            context_mask = None if context_mask is None else context_mask[:n]
+            keep = None if keep is None else keep[:n]
+        text = model.text(ids, mask, lang=lang)["text_tokens"]
         fused = model.fuse(text, mask, context, context_mask, context_type=context_type)
         labels = labels.to(fused.device)
         if keep is not None:

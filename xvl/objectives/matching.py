@@ -102,6 +102,9 @@ class MatchingObjective(Objective):
     class Args:
         view: Literal["image", "text"] = "image"
         hard_negatives: bool = True  # False: uniform random in-batch negatives
+        # score only the first max_rows rows' positives and negatives (negatives are still drawn from
+        # the whole batch): the fusion encoder's cost grows with 3 x rows; None = every row (CCLM)
+        max_rows: Optional[int] = None
 
     def __init__(self, args: "MatchingObjective.Args", model=None):
         super().__init__(args, model)
@@ -144,6 +147,9 @@ class MatchingObjective(Objective):
             if ctype == "text" and "pair_kind" in batch:
                 pos = torch.as_tensor(batch["pair_kind"], device=device) != 0
             has_c, has_t = neg_ctx >= 0, neg_text >= 0
+            if self.args.max_rows is not None:
+                first = rows < self.args.max_rows
+                pos, has_c, has_t = pos & first, has_c & first, has_t & first
             # (text row, context row, label) of every scored pair
             text_idx = torch.cat([rows[pos], rows[has_c], neg_text[has_t]])
             ctx_idx = torch.cat([rows[pos], neg_ctx[has_c], rows[has_t]])

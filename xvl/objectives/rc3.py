@@ -146,8 +146,9 @@ class RC3Objective(Objective):
             raise ValueError(f"objectives.rc3.args.relevance_temperature must be > 0, got {args.relevance_temperature}")
         if not 0.0 <= args.alpha <= 1.0:
             raise ValueError(f"objectives.rc3.args.alpha must be in [0, 1], got {args.alpha}")
-        # parallel-text batches (no image) run the text-text term alone when include_image is off
-        self.requires = ("image", "pair_input_ids") if args.include_image else ("pair_input_ids",)
+        # parallel-text batches (no image; every pair strict) run the text-text term alone; the image
+        # terms join wherever the batch has images (include_image)
+        self.requires = ("pair_input_ids",)
         self.momentum_text: Optional[nn.Module] = None
         self.momentum_proj: Optional[nn.Module] = None
         if args.relevance == "momentum" and model is not None:
@@ -256,7 +257,7 @@ class RC3Objective(Objective):
             f"{self.name}_n_weak": weak.sum().float(),
             "logit_scale": scale.detach(),
         }
-        if a.include_image:
+        if a.include_image and "image_embeds" in outputs:
             img = outputs["image_embeds"]
             it = contrastive_loss(img, t, scale, local_negatives=a.local_negatives)
             ip = contrastive_loss(img, p, scale, local_negatives=a.local_negatives)
