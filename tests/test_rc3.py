@@ -300,8 +300,8 @@ def test_args_registration_and_requirements(tiny_tokenizer):
     batch = make_batch(model, [1, 2])
     with pytest.raises(RuntimeError, match="without a model"):
         bare(model(batch), batch)
-    # the composite skips an image objective on a text-only batch
     # text-only batches (mixed runs) get the text-text term
+    text_only = {k: v for k, v in batch.items() if k != "image"}
     assert bare.applies({}, text_only) and make_rc3(include_image=False).applies({}, text_only)
 
 
