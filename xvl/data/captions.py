@@ -16,7 +16,6 @@ sees exactly the samples an uninterrupted one would.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -27,6 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from xvl.data.images import SkipCounter, load_image
+from xvl.data.jsonl import iter_jsonl_objects
 
 logger = logging.getLogger(__name__)
 
@@ -58,30 +58,13 @@ def read_caption_jsonl(path: str) -> List[dict]:
     or lacks an ``"image"`` string or a ``"captions"`` list.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"data file not found: {path}")
     records = []
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}, line {lineno}: not valid UTF-8 ({e})") from None
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {lineno}: invalid JSON ({e.msg} at column "
-                                 f"{e.colno})") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}, line {lineno}: expected a JSON object, got "
-                                 f"{type(rec).__name__}")
-            if not isinstance(rec.get("image"), str) or not rec["image"]:
-                raise ValueError(f"{path}, line {lineno}: record has no \"image\" path")
-            if not isinstance(rec.get("captions"), list):
-                raise ValueError(f"{path}, line {lineno}: record has no \"captions\" list")
-            records.append(rec)
+    for lineno, rec in iter_jsonl_objects(path):
+        if not isinstance(rec.get("image"), str) or not rec["image"]:
+            raise ValueError(f"{path}, line {lineno}: record has no \"image\" path")
+        if not isinstance(rec.get("captions"), list):
+            raise ValueError(f"{path}, line {lineno}: record has no \"captions\" list")
+        records.append(rec)
     return records
 
 

@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import Dataset
 
 from xvl.data.images import SkipCounter, load_image
+from xvl.data.jsonl import iter_jsonl_objects
 
 logger = logging.getLogger(__name__)
 
@@ -93,66 +94,51 @@ def read_vqa_jsonl(path: str, languages: Optional[Sequence[str]] = None,
     is not an object of answer -> score in [0, inf), and a qid seen before in the file.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"VQA data file not found: {path}")
     skips = skips if skips is not None else SkipCounter(os.path.basename(path))
     keep = set(languages) if languages is not None else None
     records: List[VQARecord] = []
     seen: Dict[str, int] = {}
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            where = _where(path, lineno)
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{where}: not valid UTF-8 ({e})") from None
-            if not line.strip():
+    for lineno, rec in iter_jsonl_objects(path, what="VQA data file"):
+        where = _where(path, lineno)
+        qid = rec.get("qid")
+        if isinstance(qid, int) and not isinstance(qid, bool):
+            qid = str(qid)
+        if not isinstance(qid, str) or not qid:
+            raise ValueError(f"{where}: record has no \"qid\"")
+        if qid in seen:
+            raise ValueError(f"{where}: qid {qid!r} already used on line {seen[qid]}")
+        seen[qid] = lineno
+        if not isinstance(rec.get("image"), str) or not rec["image"]:
+            raise ValueError(f"{where}: record {qid} has no \"image\" path")
+        q = rec.get("question")
+        if not isinstance(q, dict) or not q:
+            raise ValueError(f"{where}: record {qid} needs \"question\": {{lang: text}}, got {q!r:.80}")
+        a = rec.get("answers")
+        if not isinstance(a, dict) or not a:
+            raise ValueError(f"{where}: record {qid} needs \"answers\": {{answer: score}}, got {a!r:.80}")
+        answers = {}
+        for ans, score in a.items():
+            if isinstance(score, bool) or not isinstance(score, (int, float)) \
+                    or not math.isfinite(score) or score < 0:
+                raise ValueError(f"{where}: record {qid}: answer {ans!r} has score {score!r}; "
+                                 "scores must be numbers >= 0")
+            answers[ans] = float(score)
+        questions = {}
+        for lang, text in q.items():
+            if not isinstance(text, str):
+                raise ValueError(f"{where}: record {qid}: question[{lang!r}] must be a string, "
+                                 f"got {type(text).__name__}")
+            if keep is not None and lang not in keep:
                 continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-            qid = rec.get("qid")
-            if isinstance(qid, int) and not isinstance(qid, bool):
-                qid = str(qid)
-            if not isinstance(qid, str) or not qid:
-                raise ValueError(f"{where}: record has no \"qid\"")
-            if qid in seen:
-                raise ValueError(f"{where}: qid {qid!r} already used on line {seen[qid]}")
-            seen[qid] = lineno
-            if not isinstance(rec.get("image"), str) or not rec["image"]:
-                raise ValueError(f"{where}: record {qid} has no \"image\" path")
-            q = rec.get("question")
-            if not isinstance(q, dict) or not q:
-                raise ValueError(f"{where}: record {qid} needs \"question\": {{lang: text}}, got {q!r:.80}")
-            a = rec.get("answers")
-            if not isinstance(a, dict) or not a:
-                raise ValueError(f"{where}: record {qid} needs \"answers\": {{answer: score}}, got {a!r:.80}")
-            answers = {}
-            for ans, score in a.items():
-                if isinstance(score, bool) or not isinstance(score, (int, float)) \
-                        or not math.isfinite(score) or score < 0:
-                    raise ValueError(f"{where}: record {qid}: answer {ans!r} has score {score!r}; "
-                                     "scores must be numbers >= 0")
-                answers[ans] = float(score)
-            questions = {}
-            for lang, text in q.items():
-                if not isinstance(text, str):
-                    raise ValueError(f"{where}: record {qid}: question[{lang!r}] must be a string, "
-                                     f"got {type(text).__name__}")
-                if keep is not None and lang not in keep:
-                    continue
-                if not text.strip():
-                    skips.skip("empty_question", f"{where}: qid {qid} [{lang}]")
-                    continue
-                questions[lang] = text.strip()
-            if not questions:
-                if any(keep is None or lang in keep for lang in q):
-                    skips.skip("no_question", f"{where}: qid {qid}")
+            if not text.strip():
+                skips.skip("empty_question", f"{where}: qid {qid} [{lang}]")
                 continue
-            records.append(VQARecord(qid, rec["image"], questions, answers, path, lineno))
+            questions[lang] = text.strip()
+        if not questions:
+            if any(keep is None or lang in keep for lang in q):
+                skips.skip("no_question", f"{where}: qid {qid}")
+            continue
+        records.append(VQARecord(qid, rec["image"], questions, answers, path, lineno))
     if known_languages is not None:
         check_languages(records, known_languages)
     logger.info("%s: %d questions, languages %s, skipped %s", path, len(records),
