@@ -14,6 +14,19 @@ TINY_TEXTS = [
 ] + ["два красных круга", "三つの赤い丸", "两个红色的圆形", "一个蓝色的正方形"]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest single-threaded, and CI's 2 cores are shared: intra-op threads only add
+    contention (60 steps: 15 s -> 1 s). Restores the previous setting after the module. Test modules
+    opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     from xvl.data.tokenizer import train_tokenizer

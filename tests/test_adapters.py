@@ -21,13 +21,7 @@ DE = ["eins rot Kreis", "zwei blau Quadrat", "drei grün Kreis"]
 FR = ["un rouge cercle", "deux bleu carré", "trois vert cercle"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on a loaded 2-core box (seconds -> 0.1 s)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def _model(tokenizer, languages=("en", "de"), adapter_languages=None, enabled=True, seed=0, layers=2):

@@ -23,13 +23,7 @@ class FakeTokenizer:
         return 300
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model is fastest single-threaded (and the cores are shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def random_batch(bsz=256, length=128, seed=0):

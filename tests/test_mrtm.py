@@ -21,13 +21,7 @@ from xvl.objectives.mrtm import (
 from conftest import tiny_model_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model is fastest single-threaded (and the cores are shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def fused_model(tokenizer, patch_size=8, seed=0):

@@ -17,12 +17,7 @@ from xvl.models.model import XVLModel
 from conftest import tiny_model_config
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,13 +37,7 @@ def _q(qid, question, answers, image="images/a.png"):
     return {"qid": qid, "image": image, "question": question, "answers": answers}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model is fastest single-threaded (and the cores are shared); restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,12 +15,7 @@ from xvl.objectives.vtlm import VTLM, lexicon_word_pairs  # noqa: F401  (registe
 from conftest import tiny_model_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 @pytest.fixture

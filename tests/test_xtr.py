@@ -13,13 +13,7 @@ from xvl.objectives.base import build_objective, build_objectives
 from xvl.objectives.xtr import XTRObjective, target_types, uniform_kl
 from xvl.registry import OBJECTIVES
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only contend on a busy machine (60 steps: 15 s -> 1 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 PAIRS = [
