@@ -33,6 +33,23 @@ def _losses(run_dir):
         return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
 
 
+def _assert_resume_reproduces(args, out, killed, ckpt_step: int, last_step: int):
+    """Simulate a run of ``args`` (into ``out``) killed after its ``ckpt_step`` checkpoint: copy that
+    checkpoint and the tokenizer into ``killed``, resume there, and require the uninterrupted run's
+    losses for every later step."""
+    killed.mkdir()
+    name = f"checkpoint-{ckpt_step:08d}"
+    for part in (name, "tokenizer"):
+        shutil.copytree(out / part, killed / part)
+    (killed / "latest").write_text(name + "\n")
+    args = list(args)
+    args[args.index(f"train.output_dir={out}")] = f"train.output_dir={killed}"
+    assert main(args + ["--resume"]) == 0
+    full, resumed = _losses(str(out)), _losses(str(killed))
+    for step in range(ckpt_step + 1, last_step + 1):
+        assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-6), step
+
+
 @pytest.fixture(scope="module")
 def full_run(demo_data, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("runs") / "full")
@@ -220,16 +237,7 @@ def test_text_only_training_with_bitext_eval(parallel_files, tmp_path, objective
     key = next(k for k in ckpt6 if k.startswith("model.vision."))
     assert torch.equal(trained.state_dict()[key[len("model."):]], ckpt6[key])
     # and a killed run resumes to the same losses (XLCo queue and momentum copy included)
-    killed = tmp_path / "killed"
-    killed.mkdir()
-    for name in ("checkpoint-00000006", "tokenizer"):
-        shutil.copytree(out / name, killed / name)
-    (killed / "latest").write_text("checkpoint-00000006\n")
-    args[args.index(f"train.output_dir={out}")] = f"train.output_dir={killed}"
-    assert main(args + ["--resume"]) == 0
-    full, resumed = _losses(str(out)), _losses(str(killed))
-    for step in range(7, 13):
-        assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-6), step
+    _assert_resume_reproduces(args, out, tmp_path / "killed", ckpt_step=6, last_step=12)
 
 
 def test_mixed_caption_and_parallel_run_resumes_on_the_same_trajectory(demo_data, parallel_files, tmp_path):
@@ -247,16 +255,7 @@ def test_mixed_caption_and_parallel_run_resumes_on_the_same_trajectory(demo_data
     # some steps were text-only (no itc), some image-text (with itc, itc_pair and the caption-pair ttc)
     assert any("itc_loss" not in r for r in rows) and any("itc_pair_loss" in r for r in rows)
     assert all("ttc_loss" in r and "tlm_loss" in r for r in rows)
-    killed = tmp_path / "killed"
-    killed.mkdir()
-    for name in ("checkpoint-00000006", "tokenizer"):
-        shutil.copytree(out / name, killed / name)
-    (killed / "latest").write_text("checkpoint-00000006\n")
-    args[args.index(f"train.output_dir={out}")] = f"train.output_dir={killed}"
-    assert main(args + ["--resume"]) == 0
-    full, resumed = _losses(str(out)), _losses(str(killed))
-    for step in range(7, 13):
-        assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-6), step
+    _assert_resume_reproduces(args, out, tmp_path / "killed", ckpt_step=6, last_step=12)
 
 
 def test_init_from_copies_the_text_tower_of_a_model_dir(full_run, demo_data, tmp_path, capsys):
@@ -298,13 +297,4 @@ def test_cross_view_recipes_train_and_resume_on_the_same_trajectory(recipe, demo
     logged = {k[: -len("_loss")] for r in rows for k in r if k.endswith("_loss")}
     assert {n for n in names if n not in ("itc",)} <= logged | {"itc"}, (names, logged)
     assert all(math.isfinite(r["loss"]) for r in rows)
-    killed = tmp_path / "killed"
-    killed.mkdir()
-    for name in ("checkpoint-00000003", "tokenizer"):
-        shutil.copytree(out / name, killed / name)
-    (killed / "latest").write_text("checkpoint-00000003\n")
-    args[args.index(f"train.output_dir={out}")] = f"train.output_dir={killed}"
-    assert main(args + ["--resume"]) == 0
-    full, resumed = _losses(str(out)), _losses(str(killed))
-    for step in range(4, 7):
-        assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-6), step
+    _assert_resume_reproduces(args, out, tmp_path / "killed", ckpt_step=3, last_step=6)
