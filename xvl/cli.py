@@ -10,6 +10,7 @@
                                                      per-language VQA accuracy (gqa schema)
     xvl tokenizer train --out DIR FILE [FILE ...]    train a multilingual tokenizer
     xvl data demo --out DIR                          write the synthetic demo dataset
+    xvl data make-shards --out DIR (--jsonl F | --image-folder D --captions F | --aligned P | --hf P)  tar shards
 """
 from __future__ import annotations
 
@@ -157,6 +158,77 @@ def cmd_data_demo(args) -> int:
     return 0
 
 
+def _parse_size(text: str) -> int:
+    """``1000000``, ``500MB``, ``1GB``, ``64KiB``, ``1.5GiB`` -> bytes (KB/MB/GB: powers of 1000)."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([kmgt]?i?b?)\s*", str(text), flags=re.IGNORECASE)
+    units = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+             "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+    unit = m.group(2).lower() if m else None
+    if m is None or unit not in units or int(float(m.group(1)) * units[unit]) < 1:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1000000, 500MB, 1GB, 512MiB)")
+    return int(float(m.group(1)) * units[unit])
+
+
+def _shard_source(args):
+    """The conversion source (or Example iterator) of ``data make-shards``; reads and checks the input."""
+    from xvl.data import shard_sources as S
+
+    used = {"--jsonl": args.jsonl, "--image-folder": args.image_folder, "--aligned": args.aligned, "--hf": args.hf}
+    chosen = next(flag for flag, v in used.items() if v)
+    allowed = {"--jsonl": {"--image-root", "--vqa"}, "--image-folder": {"--captions", "--lang"},
+               "--aligned": {"--languages"},
+               "--hf": {"--image-root", "--split", "--image-column", "--caption-column", "--lang-column", "--lang"}}
+    given = {"--image-root": args.image_root, "--vqa": args.vqa, "--captions": args.captions, "--lang": args.lang,
+             "--languages": args.languages, "--split": args.split, "--image-column": args.image_column,
+             "--caption-column": args.caption_column, "--lang-column": args.lang_column}
+    wrong = sorted(flag for flag, v in given.items() if v is not None and flag not in allowed[chosen])
+    if wrong:
+        raise ValueError(f"{', '.join(wrong)} cannot be used with {chosen}")
+    if args.jsonl:
+        return S.JsonlImageSource(args.jsonl, image_root=args.image_root, vqa_path=args.vqa)
+    if args.image_folder:
+        if not args.captions:
+            raise ValueError("--image-folder needs --captions FILE (.tsv, .csv or .jsonl)")
+        return S.ImageFolderSource(args.image_folder, args.captions, lang=args.lang)
+    if args.aligned:
+        langs = [x.strip() for x in args.languages.split(",") if x.strip()] if args.languages else None
+        return S.AlignedTextSource(args.aligned, languages=langs)
+    if args.lang_column and args.lang:
+        raise ValueError("give --lang-column or --lang, not both")
+    import itertools
+
+    from xvl.data.hf_source import examples_from_hf
+
+    examples = iter(examples_from_hf(args.hf, split=args.split, image_column=args.image_column or "image",
+                                     caption_column=args.caption_column or "caption",
+                                     lang_column=args.lang_column, lang=args.lang, image_root=args.image_root))
+    first = next(examples, None)  # a bad dataset or column fails here, before anything is written
+    return itertools.chain([first] if first is not None else [], examples)
+
+
+def cmd_data_make_shards(args) -> int:
+    from xvl.data.shards import REPORT_NAME, write_shards
+
+    t0 = time.perf_counter()
+    source = _shard_source(args)
+    description = None
+    if args.hf:
+        description = f"hf:{args.hf}" + (f" split:{args.split}" if args.split else "")
+    index = write_shards(source, args.out, prefix=args.prefix, max_samples=args.max_samples,
+                         max_bytes=args.max_bytes, seed=args.seed, shuffle=args.shuffle, overwrite=args.overwrite,
+                         progress=not args.no_progress, kind="image_text" if args.hf else None,
+                         description=description)
+    skipped = ", ".join(f"{k}: {v}" for k, v in index["skipped"].items()) or "none"
+    questions = f", {index['n_questions']} questions" if index.get("n_questions") else ""
+    print(f"wrote {index['n_samples']} {index['kind']} samples{questions} in {len(index['shards'])} shard(s), "
+          f"{index['n_bytes'] / 1e6:.1f} MB, to {args.out} in {time.perf_counter() - t0:.1f}s")
+    print(f"languages: {', '.join(f'{k}: {v}' for k, v in index['languages'].items())}")
+    print(f"skipped: {skipped} (details in {os.path.join(args.out, REPORT_NAME)})")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from xvl.demo import run_demo
 
@@ -263,6 +335,32 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--image-size", type=int, default=64)
     dm.add_argument("--seed", type=int, default=0)
     dm.set_defaults(func=cmd_data_demo)
+
+    ds = dsub.add_parser("make-shards", help="convert a dataset to webdataset tar shards (+ index.json, report.jsonl)")
+    ds.add_argument("--out", required=True, help="output directory for the shards")
+    src = ds.add_mutually_exclusive_group(required=True)
+    src.add_argument("--jsonl", help="captions jsonl, one record per image (flickr8k-ml / demo schema)")
+    src.add_argument("--image-folder", help="a folder of images (with --captions)")
+    src.add_argument("--aligned", metavar="PREFIX", help="line-aligned text files PREFIX.<lang>")
+    src.add_argument("--hf", metavar="PATH", help="a local Hugging Face dataset (save_to_disk dir or data files)")
+    ds.add_argument("--image-root", help="image paths are relative to this (--jsonl default: the jsonl's dir)")
+    ds.add_argument("--vqa", help="with --jsonl: attach the questions of this gqa-schema file to their images")
+    ds.add_argument("--captions", help="with --image-folder: .tsv/.csv/.jsonl with image, text (or caption)[, lang]")
+    ds.add_argument("--lang", help="language of captions without a lang column")
+    ds.add_argument("--languages", help="with --aligned: comma-separated languages (default: every PREFIX.<lang>)")
+    ds.add_argument("--split", help="with --hf: the split")
+    ds.add_argument("--image-column", help="with --hf (default: image)")
+    ds.add_argument("--caption-column", help="with --hf (default: caption)")
+    ds.add_argument("--lang-column", help="with --hf: column holding each caption's language")
+    ds.add_argument("--prefix", default="shard", help="shard files are PREFIX-000000.tar, ...")
+    ds.add_argument("--max-samples", type=int, default=10000, help="samples per shard at most")
+    ds.add_argument("--max-bytes", type=_parse_size, default=1 << 30,
+                    help="approximate shard size limit: 1000000, 500MB, 1GB, 512MiB (default 1GiB)")
+    ds.add_argument("--seed", type=int, default=0, help="shuffling seed")
+    ds.add_argument("--no-shuffle", dest="shuffle", action="store_false", help="keep the source order")
+    ds.add_argument("--overwrite", action="store_true", help="replace earlier shards in --out")
+    ds.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ds.set_defaults(func=cmd_data_make_shards)
     return p
 
 
