@@ -68,6 +68,48 @@ def read_caption_jsonl(path: str) -> List[dict]:
     return records
 
 
+def caption_record_from_json(r: dict, image_path: str, keep_langs: Optional[set] = None,
+                             exclude_kinds: Sequence[str] = (), known: Optional[set] = None,
+                             skips: Optional[SkipCounter] = None, where: str = "",
+                             unknown_language: str = "error") -> Optional[CaptionRecord]:
+    """One schema record (a jsonl line or a shard sample's JSON) as a :class:`CaptionRecord`.
+
+    Captions outside ``keep_langs`` or of an excluded kind are dropped; empty ones are counted in
+    ``skips`` (``empty_caption``). A caption language outside ``known`` is an error
+    (``unknown_language="error"``: files checked before training) or a counted skip (``"skip"``:
+    streamed data, where an error hours in would be worse). Returns None (counted as
+    ``no_usable_caption``) when no caption is left.
+    """
+    skips = skips if skips is not None else SkipCounter("captions")
+    caps: Dict[str, List[str]] = {}
+    groups: Dict[str, List[Optional[str]]] = {}
+    for c in r.get("captions") or []:
+        lang = c.get("lang")
+        if keep_langs is not None and lang not in keep_langs:
+            continue
+        if c.get("kind") in exclude_kinds:
+            continue
+        if known is not None and lang not in known:
+            if unknown_language == "skip":
+                skips.skip("unknown_language", f"image {r.get('image_id')} lang {lang}")
+                continue
+            raise ValueError(
+                f"{where}: caption language '{lang}' (image {r.get('image_id')}) is not in "
+                f"model.languages {sorted(known)}; add it there or filter with data.languages")
+        text = (c.get("text") or "").strip()
+        if not text:
+            skips.skip("empty_caption", f"image {r.get('image_id')} lang {lang}")
+            continue
+        caps.setdefault(lang, []).append(text)
+        in_set = c.get("kind") in TRANSLATION_KINDS and c.get("source") is not None
+        groups.setdefault(lang, []).append(str(c["source"]) if in_set else None)
+    if not caps:
+        skips.skip("no_usable_caption", str(r.get("image_id")))
+        return None
+    return CaptionRecord(str(r.get("image_id", r.get("image"))), image_path, caps, groups,
+                         r.get("objects") or None)
+
+
 def load_caption_records(path: str, image_root: Optional[str] = None, languages: Optional[Sequence[str]] = None,
                          exclude_kinds: Sequence[str] = (), known_languages: Optional[Sequence[str]] = None,
                          max_records: Optional[int] = None, skips: Optional[SkipCounter] = None,
@@ -92,34 +134,14 @@ def load_caption_records(path: str, image_root: Optional[str] = None, languages:
     for r in read_caption_jsonl(path):
         if max_records is not None and len(out) >= max_records:
             break
-        caps: Dict[str, List[str]] = {}
-        groups: Dict[str, List[Optional[str]]] = {}
-        for c in r["captions"]:
-            lang = c.get("lang")
-            if keep_langs is not None and lang not in keep_langs:
-                continue
-            if c.get("kind") in exclude_kinds:
-                continue
-            if known is not None and lang not in known:
-                raise ValueError(
-                    f"{path}: caption language '{lang}' (image {r.get('image_id')}) is not in "
-                    f"model.languages {sorted(known)}; add it there or filter with data.languages")
-            text = (c.get("text") or "").strip()
-            if not text:
-                skips.skip("empty_caption", f"image {r.get('image_id')} lang {lang}")
-                continue
-            caps.setdefault(lang, []).append(text)
-            in_set = c.get("kind") in TRANSLATION_KINDS and c.get("source") is not None
-            groups.setdefault(lang, []).append(str(c["source"]) if in_set else None)
-        if not caps:
-            skips.skip("no_usable_caption", str(r.get("image_id")))
-            continue
         img = os.path.join(image_root, r["image"])
+        rec = caption_record_from_json(r, img, keep_langs, exclude_kinds, known, skips, where=path)
+        if rec is None:
+            continue
         if check_files and not os.path.exists(img):
             skips.skip("missing_image", img)
             continue
-        out.append(CaptionRecord(str(r.get("image_id", r["image"])), img, caps, groups,
-                                 r.get("objects") or None))
+        out.append(rec)
     if not out:
         raise ValueError(f"{path}: no usable records (skips: {skips.as_dict()})")
     logger.info("%s: %d images, %d captions, languages %s, skipped %s", path, len(out),
@@ -133,8 +155,9 @@ def sample_rng(seed: int, epoch: int, index: int) -> random.Random:
     return random.Random((seed * 1_000_003 + epoch) * 10_000_019 + index)
 
 
-class ImageCaptionDataset(Dataset):
-    """One item per image: the image tensor and one caption sampled per epoch.
+class CaptionItemBuilder:
+    """Turns one image record and its decoded image into a training item (shared by the map-style
+    :class:`ImageCaptionDataset` and the streamed sources of :mod:`xvl.data.stream_dataset`).
 
     ``caption_sampling="uniform_language"`` picks a language uniformly among the image's, then a
     caption of it (balances languages with very different caption counts); ``"uniform_caption"``
@@ -158,25 +181,19 @@ class ImageCaptionDataset(Dataset):
     [0, 1] of the image (for MRTM); resize-only transforms keep them valid, random crops do not.
     """
 
-    MAX_RETRIES = 10
-
-    def __init__(self, records: List[CaptionRecord], transform: Callable, lang_to_id: Dict[str, int],
-                 seed: int = 0, caption_sampling: str = "uniform_language", pair_sampling: str = "none",
-                 with_objects: bool = False):
+    def __init__(self, transform: Callable, lang_to_id: Dict[str, int], caption_sampling: str = "uniform_language",
+                 pair_sampling: str = "none", with_objects: bool = False):
         if pair_sampling not in ("none", "any", "prefer_strict"):
             raise ValueError(f"pair_sampling must be none, any or prefer_strict, got {pair_sampling!r}")
-        self.records = records
+        if caption_sampling not in ("uniform_language", "uniform_caption"):
+            raise ValueError(f"caption_sampling must be uniform_language or uniform_caption, got {caption_sampling!r}")
         self.transform = transform
         self.lang_to_id = lang_to_id
-        self.seed = seed
         self.caption_sampling = caption_sampling
         self.pair_sampling = pair_sampling
         self.with_objects = with_objects
 
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def _pick_caption(self, rec: CaptionRecord, rng: random.Random):
+    def pick_caption(self, rec: CaptionRecord, rng: random.Random):
         """(lang, position in rec.captions[lang])"""
         if self.caption_sampling == "uniform_language":
             lang = rng.choice(sorted(rec.captions))
@@ -184,7 +201,7 @@ class ImageCaptionDataset(Dataset):
         flat = [(lang, j) for lang in sorted(rec.captions) for j in range(len(rec.captions[lang]))]
         return rng.choice(flat)
 
-    def _pick_pair(self, rec: CaptionRecord, lang: str, j: int, rng: random.Random):
+    def pick_pair(self, rec: CaptionRecord, lang: str, j: int, rng: random.Random):
         """(lang, position, pair kind) of the second caption."""
         groups = rec.groups or {}
         key = groups.get(lang, [None] * (j + 1))[j]
@@ -208,13 +225,52 @@ class ImageCaptionDataset(Dataset):
         return lang, j, PAIR_NONE
 
     @staticmethod
-    def _normalized_objects(rec: CaptionRecord, width: int, height: int) -> List[dict]:
+    def normalized_objects(rec: CaptionRecord, width: int, height: int) -> List[dict]:
         out = []
         for o in rec.objects or []:
             x0, y0, x1, y1 = (float(v) for v in o["box"])
             out.append({"box": [x0 / width, y0 / height, x1 / width, y1 / height],
                         "labels": dict(o.get("labels") or ({"en": o["label"]} if "label" in o else {}))})
         return out
+
+    def build(self, rec: CaptionRecord, img, rng: random.Random, skipped: Optional[List[str]] = None) -> dict:
+        """The item for ``rec`` with its decoded RGB image ``img``; all randomness from ``rng``."""
+        lang, j = self.pick_caption(rec, rng)
+        # the crop's randomness comes from the same per-sample seed (exact resume)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(rng.getrandbits(63))
+            pixels = self.transform(img)
+        sample = {"image": pixels, "text": rec.captions[lang][j], "lang": self.lang_to_id[lang],
+                  "skipped": list(skipped or [])}
+        if self.pair_sampling != "none":
+            plang, k, kind = self.pick_pair(rec, lang, j, rng)
+            sample.update(pair_text=rec.captions[plang][k], pair_lang=self.lang_to_id[plang], pair_kind=kind)
+        if self.with_objects:
+            sample["objects"] = self.normalized_objects(rec, *img.size)
+        return sample
+
+
+class ImageCaptionDataset(Dataset):
+    """One item per image: the image tensor and one caption sampled per epoch (plus, by
+    ``pair_sampling``, a second caption; by ``with_objects``, its boxes): see
+    :class:`CaptionItemBuilder` for the sampling options.
+    """
+
+    MAX_RETRIES = 10
+
+    def __init__(self, records: List[CaptionRecord], transform: Callable, lang_to_id: Dict[str, int],
+                 seed: int = 0, caption_sampling: str = "uniform_language", pair_sampling: str = "none",
+                 with_objects: bool = False):
+        self.builder = CaptionItemBuilder(transform, lang_to_id, caption_sampling, pair_sampling, with_objects)
+        self.records = records
+        self.seed = seed
+
+    @property
+    def pair_sampling(self) -> str:
+        return self.builder.pair_sampling
+
+    def __len__(self) -> int:
+        return len(self.records)
 
     def __getitem__(self, key) -> dict:
         """``key`` is ``(epoch, index)`` (from :class:`~xvl.data.sampler.ResumableBatchSampler`) or
@@ -225,25 +281,12 @@ class ImageCaptionDataset(Dataset):
             # on an undecodable image, fall back to another record, chosen deterministically
             i = (index + attempt * 7919) % len(self.records)
             rec = self.records[i]
-            rng = sample_rng(self.seed, epoch, i)
             img = load_image(rec.image_path)
             if img is None:
                 logger.warning("undecodable or missing image skipped: %s", rec.image_path)
                 skipped.append("bad_image")
                 continue
-            lang, j = self._pick_caption(rec, rng)
-            # the crop's randomness comes from the same per-sample seed (exact resume)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(rng.getrandbits(63))
-                pixels = self.transform(img)
-            sample = {"image": pixels, "text": rec.captions[lang][j], "lang": self.lang_to_id[lang],
-                      "skipped": skipped}
-            if self.pair_sampling != "none":
-                plang, k, kind = self._pick_pair(rec, lang, j, rng)
-                sample.update(pair_text=rec.captions[plang][k], pair_lang=self.lang_to_id[plang], pair_kind=kind)
-            if self.with_objects:
-                sample["objects"] = self._normalized_objects(rec, *img.size)
-            return sample
+            return self.builder.build(rec, img, sample_rng(self.seed, epoch, i), skipped)
         raise RuntimeError(f"{self.MAX_RETRIES} consecutive unreadable images near index {index}; "
                            "is the image root right?")
 
