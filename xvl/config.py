@@ -122,6 +122,49 @@ class ParallelDataConfig:
 
 
 @dataclass
+class StreamSourceConfig:
+    """One streamed training source (``data.sources``; see :mod:`xvl.data.stream_sources`).
+
+    ``shards``: webdataset shards written by ``xvl data make-shards`` (``path``: their directory or
+    index.json, a brace pattern, or fsspec URLs joined by ``::``); with ``make_from`` (a captions
+    jsonl) the shards are written to ``path`` first when it holds no index yet. ``hf``: a
+    ``datasets`` image-caption dataset (local parquet/arrow/json or a saved dataset dir).
+    ``aligned`` / ``pairs`` / ``tatoeba`` / ``captions``: parallel text read into memory, as in
+    ``data.parallel.sources``.
+    """
+
+    type: Literal["shards", "hf", "aligned", "pairs", "tatoeba", "captions"] = "shards"
+    path: str = ""
+    name: Optional[str] = None  # default: type:path
+    task: Optional[Literal["image_text", "text_pair"]] = None  # default: from the data (index kind / type)
+    weight: float = 1.0  # share of micro-batches drawn from this source
+    make_from: Optional[str] = None  # shards: captions jsonl to convert into ``path`` when it has no index
+    # hf
+    split: Optional[str] = None
+    streaming: bool = False
+    image_column: str = "image"
+    caption_column: str = "caption"
+    lang_column: Optional[str] = None
+    lang: Optional[str] = None  # language of every caption when there is no lang column
+    image_root: Optional[str] = None  # hf: image paths in a string column are relative to this
+    # parallel text (parallel shards and the text types)
+    languages: Optional[List[str]] = None
+    pairs: str = "all"  # "all" language pairs of an aligned group, or "pivot:en"
+    src_lang: Optional[str] = None
+    tgt_lang: Optional[str] = None
+
+
+@dataclass
+class StreamConfig:
+    """How streamed sources are read (shuffle buffer, epochs, tokenizer texts)."""
+
+    shuffle_buffer: int = 1000  # samples; 0: shard order only
+    resampled: bool = False  # draw shards with replacement (endless, reseeded on resume) vs finite epochs
+    too_few_shards: Literal["error", "warn"] = "error"  # fewer shards than processes x workers
+    tokenizer_texts: int = 200_000  # at most this many sentences read to train a tokenizer
+
+
+@dataclass
 class DataConfig:
     """Training data: image-caption jsonl (flickr8k-ml schema) and/or parallel text.
 
@@ -148,6 +191,9 @@ class DataConfig:
     # with both train captions and parallel.sources: share of micro-batches per task,
     # {image_text: w, text_pair: w} (default 1:1); each micro-batch comes from one task
     task_ratios: Dict[str, float] = field(default_factory=dict)
+    # streamed sources mixed by weight (replaces train / parallel.sources; see StreamSourceConfig)
+    sources: List[StreamSourceConfig] = field(default_factory=list)
+    stream: StreamConfig = field(default_factory=StreamConfig)
 
 
 @dataclass
@@ -216,8 +262,24 @@ class XVLConfig:
         lo, hi = self.data.augment_scale
         if not 0 < lo <= hi <= 1:
             raise ConfigError(f"data.augment_scale must satisfy 0 < lo <= hi <= 1, got {self.data.augment_scale}")
-        if self.data.train is None and not self.data.parallel.sources:
-            raise ConfigError("data: set data.train (image-caption jsonl) or data.parallel.sources (text)")
+        d = self.data
+        if d.sources:
+            if d.train is not None or d.parallel.sources:
+                raise ConfigError("data.sources replaces data.train and data.parallel.sources: set data.train: null "
+                                  "and list every training source (shards, hf, parallel text) under data.sources")
+            for i, src in enumerate(d.sources):
+                if not src.path:
+                    raise ConfigError(f"data.sources[{i}]: path is required")
+                if src.weight <= 0:
+                    raise ConfigError(f"data.sources[{i}] ({src.path}): weight must be > 0, got {src.weight}")
+                if src.make_from and src.type != "shards":
+                    raise ConfigError(f"data.sources[{i}]: make_from is for type shards, not {src.type}")
+            names = [s.name or f"{s.type}:{s.path}" for s in d.sources]
+            if len(set(names)) != len(names):
+                raise ConfigError(f"data.sources: duplicate source names {names}; give them distinct names")
+        elif d.train is None and not d.parallel.sources:
+            raise ConfigError("data: set data.train (image-caption jsonl), data.parallel.sources (text) "
+                              "or data.sources (streamed shards / HF datasets / text)")
         if len(set(self.model.languages)) != len(self.model.languages):
             raise ConfigError(f"model.languages has duplicates: {self.model.languages}")
 

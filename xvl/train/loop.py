@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader
 from xvl.atomic import atomic_write_text
 from xvl.config import XVLConfig, save_config, to_dict
 from xvl.data.mixing import MixedBatchSampler, TaskCollator, TaskDataset
-from xvl.data.captions import (CaptionCollator, ImageCaptionDataset, PreparingCollator, load_caption_records,
-                               read_caption_jsonl)
+from xvl.data.captions import (CaptionCollator, CaptionItemBuilder, ImageCaptionDataset, PreparingCollator,
+                               load_caption_records, read_caption_jsonl)
 from xvl.data.images import SkipCounter
 from xvl.data.sampler import ResumableBatchSampler
 from xvl.data.transforms import build_image_transform
@@ -115,15 +115,27 @@ class TrainingData:
 
     records: Optional[list] = None
     corpora: Optional[dict] = None
+    # streamed sources (data.sources): checked ResolvedSource entries, read by StreamingBatches
+    streams: Optional[list] = None
+    tokenizer_texts: int = 200_000
 
     @property
     def kind(self) -> str:
+        if self.streams is not None:
+            tasks = {s.task for s in self.streams}
+            return "mixed" if len(tasks) > 1 else ("captions" if tasks == {"image_text"} else "parallel")
         if self.records is not None and self.corpora is not None:
             return "mixed"
         return "captions" if self.records is not None else "parallel"
 
     def texts(self):
-        """Every training sentence (for training a tokenizer)."""
+        """Every training sentence (for training a tokenizer); streamed sources: the first
+        ``tokenizer_texts`` of them."""
+        if self.streams is not None:
+            from xvl.data.stream_sources import source_texts
+
+            yield from source_texts(self.streams, self.tokenizer_texts)
+            return
         for rec in self.records or ():
             for texts in rec.captions.values():
                 yield from texts
@@ -136,6 +148,13 @@ class TrainingData:
 def load_training_data(cfg: XVLConfig, train_path: Optional[str], skips: SkipCounter) -> TrainingData:
     """Read and validate the training data (errors here come before any model work)."""
     data = TrainingData()
+    if cfg.data.sources:
+        from xvl.data.stream_sources import resolve_sources
+
+        data.streams = resolve_sources(cfg, cfg.model.languages, skips)
+        data.tokenizer_texts = cfg.data.stream.tokenizer_texts
+        logger.info("streamed sources: %s", ", ".join(f"{s.name} ({s.task}, weight {s.weight:g})" for s in data.streams))
+        return data
     if train_path is not None:
         image_root = resolve_path(cfg.data.root, cfg.data.image_root)
         data.records = load_caption_records(train_path, image_root, languages=cfg.data.languages,
@@ -171,39 +190,83 @@ def _pair_sampling(cfg: XVLConfig, objectives: CompositeObjective) -> str:
     return "prefer_strict" if any(o.needs_pairs for o in objectives.parts) else "none"
 
 
-def build_dataset(data: TrainingData, cfg: XVLConfig, model: XVLModel, tokenizer, objectives: CompositeObjective):
-    """The map-style dataset and its collator for ``data`` (plus the objectives' input preparers)."""
-    datasets, collators = {}, {}
-    if data.records is not None:
-        transform = build_image_transform(model.vision.data_config(), train=True, augment=cfg.data.augment,
-                                          scale=cfg.data.augment_scale)
-        with_objects = any(o.needs_objects for o in objectives.parts)
-        if with_objects and cfg.data.augment:
-            raise ValueError("an objective reads object boxes (mrtm) but data.augment crops images at random, "
-                             "which the boxes do not follow: set data.augment=false")
-        datasets["image_text"] = ImageCaptionDataset(
-            data.records, transform, model.lang_to_id, seed=cfg.train.seed,
-            caption_sampling=cfg.data.caption_sampling, pair_sampling=_pair_sampling(cfg, objectives),
-            with_objects=with_objects)
-        collators["image_text"] = CaptionCollator(tokenizer, cfg.model.text.max_length)
-    if data.corpora is not None:
-        from xvl.data.parallel import ParallelCollator, ParallelTextDataset
+def caption_item_builder(cfg: XVLConfig, model: XVLModel, objectives: CompositeObjective) -> CaptionItemBuilder:
+    """How an image record becomes a training item in this run (transform, caption and pair sampling)."""
+    transform = build_image_transform(model.vision.data_config(), train=True, augment=cfg.data.augment,
+                                      scale=cfg.data.augment_scale)
+    with_objects = any(o.needs_objects for o in objectives.parts)
+    if with_objects and cfg.data.augment:
+        raise ValueError("an objective reads object boxes (mrtm) but data.augment crops images at random, "
+                         "which the boxes do not follow: set data.augment=false")
+    return CaptionItemBuilder(transform, model.lang_to_id, caption_sampling=cfg.data.caption_sampling,
+                              pair_sampling=_pair_sampling(cfg, objectives), with_objects=with_objects)
 
-        datasets["text_pair"] = ParallelTextDataset(data.corpora, model.lang_to_id, seed=cfg.train.seed,
-                                                    alpha=cfg.data.parallel.alpha, swap=cfg.data.parallel.swap)
-        collators["text_pair"] = ParallelCollator(tokenizer, cfg.model.text.max_length)
-    if len(datasets) == 1:
-        (dataset,), (collate,) = datasets.values(), collators.values()
-    else:
-        dataset, collate = TaskDataset(datasets), TaskCollator(collators)
+
+def task_collators(tasks, cfg: XVLConfig, tokenizer, objectives: CompositeObjective) -> Dict[str, object]:
+    """Per task, the collator (tokenization) followed by the objectives' input preparers (masking)."""
+    from xvl.data.parallel import ParallelCollator
+
     preparers = [p for p in (o.input_preparer() for o in objectives.parts) if p is not None]
     writes = [o.prepares or o.name for o in objectives.parts if o.input_preparer() is not None]
     if len(writes) != len(set(writes)):
         raise ValueError(f"objectives {[o.name for o in objectives.parts]} prepare the same masked inputs "
                          "(mlm and tlm both write mlm_*): use one of them per run")
-    if preparers:
-        collate = PreparingCollator(collate, preparers, tokenizer, seed=cfg.train.seed)
+    made = {"image_text": CaptionCollator, "text_pair": ParallelCollator}
+    out = {}
+    for task in tasks:
+        collate = made[task](tokenizer, cfg.model.text.max_length)
+        out[task] = PreparingCollator(collate, preparers, tokenizer, seed=cfg.train.seed) if preparers else collate
+    return out
+
+
+def build_dataset(data: TrainingData, cfg: XVLConfig, model: XVLModel, tokenizer, objectives: CompositeObjective):
+    """The map-style dataset and its collator for ``data`` (plus the objectives' input preparers)."""
+    datasets = {}
+    if data.records is not None:
+        builder = caption_item_builder(cfg, model, objectives)
+        datasets["image_text"] = ImageCaptionDataset(
+            data.records, builder.transform, model.lang_to_id, seed=cfg.train.seed,
+            caption_sampling=builder.caption_sampling, pair_sampling=builder.pair_sampling,
+            with_objects=builder.with_objects)
+    if data.corpora is not None:
+        from xvl.data.parallel import ParallelTextDataset
+
+        datasets["text_pair"] = ParallelTextDataset(data.corpora, model.lang_to_id, seed=cfg.train.seed,
+                                                    alpha=cfg.data.parallel.alpha, swap=cfg.data.parallel.swap)
+    collators = task_collators(list(datasets), cfg, tokenizer, objectives)
+    if len(datasets) == 1:
+        (dataset,), (collate,) = datasets.values(), collators.values()
+    else:
+        dataset, collate = TaskDataset(datasets), TaskCollator(collators)
     return dataset, collate
+
+
+def build_stream(data: TrainingData, cfg: XVLConfig, model: XVLModel, tokenizer, objectives: CompositeObjective,
+                 rank: int, world: int, start_batch: int, data_state: Optional[dict]):
+    """The streamed batches of ``data.sources`` (an IterableDataset of collated micro-batches)."""
+    from xvl.data.stream_dataset import StreamingBatches
+    from xvl.data.stream_sources import stream_sources
+
+    tasks = sorted({s.task for s in data.streams})
+    builder = caption_item_builder(cfg, model, objectives) if "image_text" in tasks else None
+    sources = stream_sources(data.streams, cfg, builder, model.lang_to_id)
+    positions, seed_batch = None, 0
+    if data_state is not None:
+        workers = max(1, cfg.data.num_workers)
+        if data_state.get("world") == world and data_state.get("num_workers") == workers:
+            positions = {int(w): p for w, p in data_state["positions"].get(str(rank), {}).items()}
+            seed_batch = int(data_state.get("seed_batch", 0))
+        else:
+            seed_batch = start_batch
+            logger.warning("resume: the data position was saved with %s processes x %s workers, this run has %d x %d; "
+                           "the streams are reseeded instead (samples may repeat)", data_state.get("world"),
+                           data_state.get("num_workers"), world, workers)
+    elif start_batch:
+        seed_batch = start_batch
+        logger.warning("resume: the checkpoint has no data position; the streams are reseeded (samples may repeat)")
+    return StreamingBatches(sources, task_collators(tasks, cfg, tokenizer, objectives), cfg.train.batch_size,
+                            seed=cfg.train.seed, rank=rank, world_size=world, start_batch=start_batch,
+                            positions=positions, seed_batch=seed_batch)
 
 
 def build_sampler(dataset, data: TrainingData, cfg: XVLConfig, world: int, rank: int, start_batch: int):
@@ -281,6 +344,12 @@ def train(cfg: XVLConfig, resume: bool = False) -> TrainResult:
 
     # ---- data
     skips = SkipCounter("train data")
+    if cfg.data.sources:  # shards to write from a jsonl first (main process; the others wait)
+        from xvl.data.stream_sources import make_missing_shards
+
+        if main:
+            make_missing_shards(cfg)
+        accelerator.wait_for_everyone()
     data = load_training_data(cfg, train_path, skips)
 
     # ---- tokenizer, model, objectives, optimizer (rank 0 trains the tokenizer, others load it)
@@ -301,7 +370,7 @@ def train(cfg: XVLConfig, resume: bool = False) -> TrainResult:
     module = TrainingModule(model, objectives)
     optimizer = build_optimizer(module, t.lr, t.weight_decay, t.betas, t.eps)
 
-    start_step, samples_seen = 0, 0
+    start_step, samples_seen, data_state = 0, 0, None
     if resume:
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None:
@@ -310,6 +379,7 @@ def train(cfg: XVLConfig, resume: bool = False) -> TrainResult:
             state, tstate = load_checkpoint(ckpt, optimizer)
             module.load_state_dict(state, strict=True)
             start_step, samples_seen = tstate["step"], tstate["samples_seen"]
+            data_state = tstate.get("data_state")
             for k, v in tstate.get("skipped", {}).items():
                 skips.counts[k] += v
             if main:
@@ -320,12 +390,22 @@ def train(cfg: XVLConfig, resume: bool = False) -> TrainResult:
     unwrapped: TrainingModule = accelerator.unwrap_model(module)
 
     world, rank = accelerator.num_processes, accelerator.process_index
-    dataset, collate = build_dataset(data, cfg, model, tokenizer, objectives)
-    sampler = build_sampler(dataset, data, cfg, world, rank, start_batch=start_step * t.grad_accum_steps)
-    # one loader for the whole run: workers start once, not every epoch
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers,
-                        multiprocessing_context="spawn" if cfg.data.num_workers > 0 else None)
+    spawn = "spawn" if cfg.data.num_workers > 0 else None
+    if data.streams is not None:
+        # each process streams its own part of every source (never through accelerator.prepare, which
+        # would read on rank 0 and broadcast); workers decode and tokenize
+        dataset = build_stream(data, cfg, model, tokenizer, objectives, rank, world,
+                               start_batch=start_step * t.grad_accum_steps, data_state=data_state)
+        loader = DataLoader(dataset, batch_size=None, num_workers=cfg.data.num_workers, multiprocessing_context=spawn)
+    else:
+        dataset, collate = build_dataset(data, cfg, model, tokenizer, objectives)
+        sampler = build_sampler(dataset, data, cfg, world, rank, start_batch=start_step * t.grad_accum_steps)
+        # one loader for the whole run: workers start once, not every epoch
+        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers,
+                            multiprocessing_context=spawn)
     batches = iter(loader)
+    # streamed data: the newest raw-sample positions per worker, from the batches actually consumed
+    stream_positions: Dict[int, Dict[str, int]] = dict(getattr(dataset, "positions", None) or {})
 
     # ---- logging
     writer = None
@@ -352,11 +432,24 @@ def train(cfg: XVLConfig, resume: bool = False) -> TrainResult:
 
     def checkpoint(step: int) -> None:
         accelerator.wait_for_everyone()
+        state = {"step": step, "samples_seen": samples_seen, "skipped": skips.as_dict(), "config": to_dict(cfg)}
+        if data.streams is not None:
+            state["data_state"] = gathered_data_state()
         if main:
-            save_checkpoint(run_dir, step, unwrapped.state_dict(), optimizer,
-                            {"step": step, "samples_seen": samples_seen, "skipped": skips.as_dict(),
-                             "config": to_dict(cfg)}, keep=t.keep_checkpoints)
+            save_checkpoint(run_dir, step, unwrapped.state_dict(), optimizer, state, keep=t.keep_checkpoints)
         accelerator.wait_for_everyone()
+
+    def gathered_data_state() -> dict:
+        """Every process's stream positions (the checkpoint's data position)."""
+        mine = {str(w): p for w, p in stream_positions.items()}
+        if world > 1:
+            from accelerate.utils import gather_object
+
+            per_rank = gather_object([mine])
+        else:
+            per_rank = [mine]
+        return {"world": world, "num_workers": max(1, cfg.data.num_workers), "seed_batch": dataset.seed_batch,
+                "positions": {str(r): p for r, p in enumerate(per_rank)}}
 
     last_eval: Dict[str, Optional[dict]] = {"retrieval": None, "bitext": None}
 
@@ -402,6 +495,11 @@ def train(cfg: XVLConfig, resume: bool = False) -> TrainResult:
             n_bad = int(batch.pop("n_skipped"))
             if n_bad:
                 skips.counts["bad_image"] += n_bad
+            for reason, n in batch.pop("data_skips", {}).items():
+                skips.counts[reason] += n
+            if "data_state" in batch:
+                ds_state = batch.pop("data_state")
+                stream_positions[int(ds_state["worker"])] = ds_state["positions"]
             batch = send_to_device(batch, accelerator.device)
             # dropout etc. draw from a generator seeded by (seed, step, micro, rank): exact resume
             torch.manual_seed(((t.seed * 1_000_003 + step) * 64 + micro) * 4096 + rank)
