@@ -155,3 +155,28 @@ def test_hf_dataset_source_trains(demo, tmp_path):
         assert json.load(f)["data_state"]["positions"]["0"]["0"][f"hf:{tmp_path}/hf"] == 48
     # a column that does not exist fails before training
     assert main(_args(demo, tmp_path / "bad", f"[{{type: hf, path: {tmp_path}/hf, caption_column: text}}]")) == 2
+
+
+def test_vqa_source_mixed_into_pretraining(demo, shards, tmp_path):
+    """Image samples with questions (make-shards --vqa) feed the vqa objective; caption objectives
+    skip those batches and the vqa objective skips the caption batches."""
+    qshards = tmp_path / "q"
+    assert main(["data", "make-shards", "--vqa", demo.questions_train, "--out", str(qshards),
+                 "--max-samples", "12", "--no-progress"]) == 0
+    answers = os.path.join(os.path.dirname(demo.train), "answers.json")
+    out = tmp_path / "run"
+    sources = (f"[{{type: shards, path: {shards}, weight: 1}}, "
+               f"{{type: shards, path: {qshards}, task: vqa, answers: {answers}, weight: 1}}]")
+    assert main(_args(demo, out, sources, "train.max_steps=12", "train.ckpt_every=0", "model.fusion.layers=1",
+                      "objectives=[{name: itc}, {name: vqa}]")) == 0
+    rows = _rows(out)
+    vqa_rows = [r for r in rows if "vqa_loss" in r]
+    itc_rows = [r for r in rows if "itc_loss" in r]
+    assert vqa_rows and itc_rows and not [r for r in rows if "vqa_loss" in r and "itc_loss" in r]
+    import xvl
+
+    model = xvl.load(str(out / "model"))
+    with open(answers) as f:
+        assert len(model.cfg.vqa_answers) == len(json.load(f)) and model.answer_head is not None
+    # a vqa source without the vqa objective is an error before training
+    assert main(_args(demo, tmp_path / "bad", sources, "model.fusion.layers=1", "objectives=[{name: itc}]")) == 2

@@ -450,3 +450,27 @@ def test_real_xgqa_files_parse():
     vocab = {a: i for i, a in enumerate(answers)}
     n_oov = sum(not soft_target(r.answers, vocab)[0] for r in train)
     assert len(train) == 9666 and n_oov == 2
+
+
+def test_vqa_pretraining_objective_matches_the_finetuning_loss(vqa_tokenizer):
+    """The `vqa` objective (VQA batches mixed into pre-training) computes exactly the fine-tuning
+    loss on the same model and batch, reads only the vqa_* keys, and skips caption batches."""
+    from xvl.objectives.base import build_objective
+
+    model = _fused_model(vqa_tokenizer)
+    model.set_answer_vocabulary(["yes", "no", "red"])
+    enc = vqa_tokenizer(["is it red?", "what color?"], padding=True, return_tensors="pt")
+    image = torch.randn(2, 3, 32, 32)
+    targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.6]])
+    batch = {"image": image, "vqa_input_ids": enc["input_ids"], "vqa_attention_mask": enc["attention_mask"],
+             "vqa_lang": torch.tensor([0, 0]), "vqa_targets": targets}
+    obj = build_objective("vqa", {}, model=model)
+    outputs = model(batch)
+    assert "text_embeds" not in outputs  # the question is not a caption
+    got = obj(outputs, batch)
+    logits = answer_logits(model, enc["input_ids"], enc["attention_mask"], torch.tensor([0, 0]), image=image)
+    torch.testing.assert_close(got["vqa_loss"], vqa_loss(logits, targets))
+    expected_acc = targets[torch.arange(2), logits.argmax(1)].mean()
+    torch.testing.assert_close(got["vqa_acc"], expected_acc)
+    caption_batch = {"image": image, "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    assert obj.applies(outputs, batch) and not obj.applies(model(caption_batch), caption_batch)

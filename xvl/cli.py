@@ -10,7 +10,7 @@
                                                      per-language VQA accuracy (gqa schema)
     xvl tokenizer train --out DIR FILE [FILE ...]    train a multilingual tokenizer
     xvl data demo --out DIR                          write the synthetic demo dataset
-    xvl data make-shards --out DIR (--jsonl F | --image-folder D --captions F | --aligned P | --hf P)  tar shards
+    xvl data make-shards --out DIR (--jsonl F [--vqa F] | --vqa F | --image-folder D --captions F | --aligned P | --hf P)
 """
 from __future__ import annotations
 
@@ -175,9 +175,12 @@ def _shard_source(args):
     """The conversion source (or Example iterator) of ``data make-shards``; reads and checks the input."""
     from xvl.data import shard_sources as S
 
-    used = {"--jsonl": args.jsonl, "--image-folder": args.image_folder, "--aligned": args.aligned, "--hf": args.hf}
-    chosen = next(flag for flag, v in used.items() if v)
-    allowed = {"--jsonl": {"--image-root", "--vqa"}, "--image-folder": {"--captions", "--lang"},
+    used = {"--jsonl": args.jsonl, "--image-folder": args.image_folder, "--aligned": args.aligned, "--hf": args.hf,
+            "--vqa": args.vqa}
+    chosen = next((flag for flag, v in used.items() if v), None)
+    if chosen is None:
+        raise ValueError("give the input: --jsonl, --image-folder, --aligned, --hf or --vqa")
+    allowed = {"--jsonl": {"--image-root", "--vqa"}, "--vqa": {"--image-root", "--vqa"}, "--image-folder": {"--captions", "--lang"},
                "--aligned": {"--languages"},
                "--hf": {"--image-root", "--split", "--image-column", "--caption-column", "--lang-column", "--lang"}}
     given = {"--image-root": args.image_root, "--vqa": args.vqa, "--captions": args.captions, "--lang": args.lang,
@@ -186,7 +189,7 @@ def _shard_source(args):
     wrong = sorted(flag for flag, v in given.items() if v is not None and flag not in allowed[chosen])
     if wrong:
         raise ValueError(f"{', '.join(wrong)} cannot be used with {chosen}")
-    if args.jsonl:
+    if args.jsonl or args.vqa:  # --vqa alone: questions-only data (gqa), one sample per image
         return S.JsonlImageSource(args.jsonl, image_root=args.image_root, vqa_path=args.vqa)
     if args.image_folder:
         if not args.captions:
@@ -338,13 +341,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     ds = dsub.add_parser("make-shards", help="convert a dataset to webdataset tar shards (+ index.json, report.jsonl)")
     ds.add_argument("--out", required=True, help="output directory for the shards")
-    src = ds.add_mutually_exclusive_group(required=True)
+    src = ds.add_mutually_exclusive_group()  # or --vqa alone (checked in _shard_source)
     src.add_argument("--jsonl", help="captions jsonl, one record per image (flickr8k-ml / demo schema)")
     src.add_argument("--image-folder", help="a folder of images (with --captions)")
     src.add_argument("--aligned", metavar="PREFIX", help="line-aligned text files PREFIX.<lang>")
     src.add_argument("--hf", metavar="PATH", help="a local Hugging Face dataset (save_to_disk dir or data files)")
     ds.add_argument("--image-root", help="image paths are relative to this (--jsonl default: the jsonl's dir)")
-    ds.add_argument("--vqa", help="with --jsonl: attach the questions of this gqa-schema file to their images")
+    ds.add_argument("--vqa", help="a gqa-schema questions file: with --jsonl its questions are attached to their "
+                                  "images; alone, one sample per image with its questions (e.g. gqa)")
     ds.add_argument("--captions", help="with --image-folder: .tsv/.csv/.jsonl with image, text (or caption)[, lang]")
     ds.add_argument("--lang", help="language of captions without a lang column")
     ds.add_argument("--languages", help="with --aligned: comma-separated languages (default: every PREFIX.<lang>)")

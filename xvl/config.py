@@ -136,7 +136,8 @@ class StreamSourceConfig:
     type: Literal["shards", "hf", "aligned", "pairs", "tatoeba", "captions"] = "shards"
     path: str = ""
     name: Optional[str] = None  # default: type:path
-    task: Optional[Literal["image_text", "text_pair"]] = None  # default: from the data (index kind / type)
+    # default: from the data (index kind / type); vqa: image samples with questions (make-shards --vqa)
+    task: Optional[Literal["image_text", "text_pair", "vqa"]] = None
     weight: float = 1.0  # share of micro-batches drawn from this source
     make_from: Optional[str] = None  # shards: captions jsonl to convert into ``path`` when it has no index
     # hf
@@ -152,6 +153,9 @@ class StreamSourceConfig:
     pairs: str = "all"  # "all" language pairs of an aligned group, or "pivot:en"
     src_lang: Optional[str] = None
     tgt_lang: Optional[str] = None
+    # vqa: the answer vocabulary file (gqa answers.json) and the question languages to train on
+    answers: Optional[str] = None
+    question_languages: List[str] = field(default_factory=lambda: ["en"])
 
 
 @dataclass
@@ -274,6 +278,9 @@ class XVLConfig:
                     raise ConfigError(f"data.sources[{i}] ({src.path}): weight must be > 0, got {src.weight}")
                 if src.make_from and src.type != "shards":
                     raise ConfigError(f"data.sources[{i}]: make_from is for type shards, not {src.type}")
+                if src.task == "vqa" and (src.type != "shards" or not src.answers):
+                    raise ConfigError(f"data.sources[{i}]: a vqa source reads shards (xvl data make-shards --vqa) "
+                                      "and needs answers: <answer vocabulary file>")
             names = [s.name or f"{s.type}:{s.path}" for s in d.sources]
             if len(set(names)) != len(names):
                 raise ConfigError(f"data.sources: duplicate source names {names}; give them distinct names")

@@ -73,5 +73,6 @@ OBJECTIVES: Registry = Registry("objective", (
     "xvl.objectives.vtlm",  # UC2 visual translation LM with co-masking of aligned words
     "xvl.objectives.rc3",  # RC3 regularized contrastive (strict vs weakly aligned caption pairs)
     "xvl.objectives.mrtm",  # UC2 masked region-to-token modelling on patch blocks
+    "xvl.objectives.vqa",  # answer classification for VQA batches mixed into pre-training
 ))
 POOLERS: Registry = Registry("pooler", ("xvl.models.text",))

@@ -93,12 +93,16 @@ class JsonlImageSource:
 
     kind = "image_text"
 
-    def __init__(self, jsonl_path: str, image_root: Optional[str] = None, vqa_path: Optional[str] = None):
-        self.jsonl_path = os.fspath(jsonl_path)
+    def __init__(self, jsonl_path: Optional[str], image_root: Optional[str] = None, vqa_path: Optional[str] = None):
+        if jsonl_path is None and vqa_path is None:
+            raise ValueError("JsonlImageSource needs a captions jsonl, a VQA file, or both")
+        self.jsonl_path = os.fspath(jsonl_path) if jsonl_path is not None else None
         self.vqa_path = os.fspath(vqa_path) if vqa_path is not None else None
-        self.image_root = os.fspath(image_root) if image_root else os.path.dirname(os.path.abspath(self.jsonl_path))
+        self.image_root = os.fspath(image_root) if image_root else \
+            os.path.dirname(os.path.abspath(self.jsonl_path or self.vqa_path))
         self.source_skips: List[dict] = []
-        records = read_caption_jsonl(self.jsonl_path)  # fails on a missing file or a bad line
+        # questions-only data (e.g. gqa): every image comes from the VQA file
+        records = read_caption_jsonl(self.jsonl_path) if self.jsonl_path else []  # fails on a bad line
         if not os.path.isdir(self.image_root):
             raise FileNotFoundError(f"image root not found: {self.image_root}")
         # (image path as written, record without "image")
@@ -130,7 +134,7 @@ class JsonlImageSource:
                 self._samples.append((image, {"image_id": image, "captions": [], "questions": questions}))
 
     def describe(self) -> str:
-        out = f"jsonl:{self.jsonl_path} images:{self.image_root}"
+        out = (f"jsonl:{self.jsonl_path} " if self.jsonl_path else "") + f"images:{self.image_root}"
         return out + (f" vqa:{self.vqa_path}" if self.vqa_path else "")
 
     def items(self) -> List[int]:

@@ -170,6 +170,71 @@ class AlignedGroupItemMaker:
         return _pair_item(self.lang_to_id, usable[a], usable[b], a, b)
 
 
+class VQAItemMaker:
+    """A raw image sample with ``questions`` (``xvl data make-shards --vqa``) -> a VQA item: one of
+    its questions (in ``languages``, with at least one answer in the vocabulary) picked at random,
+    the image through ``transform`` (no random crops: questions ask about positions), the soft
+    answer target. Skips: ``bad_sample``, ``no_usable_question`` (none in those languages and in
+    the vocabulary), ``no_image``, ``bad_image``.
+    """
+
+    def __init__(self, transform, lang_to_id: Dict[str, int], answers: Sequence[str], languages: Sequence[str] = ("en",)):
+        self.transform, self.lang_to_id = transform, dict(lang_to_id)
+        self.answer_to_index = {a: i for i, a in enumerate(answers)}
+        self.languages = [lang for lang in languages if lang in self.lang_to_id]
+        if not self.languages:
+            raise ValueError(f"question languages {list(languages)} are not in model.languages")
+
+    def __call__(self, raw: dict, rng, skips: SkipCounter) -> Optional[dict]:
+        from xvl.data.vqa import soft_target
+
+        where = f"{raw.get('__url__', '')}#{raw.get('__key__')}"
+        try:
+            record = decode_record(raw)
+        except ValueError as e:
+            skips.skip("bad_sample", f"{where}: {e}")
+            return None
+        usable = []
+        for q in record.get("questions") or []:
+            target, _ = soft_target(q.get("answers") or {}, self.answer_to_index)
+            if not target:
+                continue
+            for lang in self.languages:
+                text = ((q.get("question") or {}).get(lang) or "").strip()
+                if text:
+                    usable.append((text, lang, target))
+        if not usable:
+            skips.skip("no_usable_question", where)
+            return None
+        text, lang, target = rng.choice(usable)
+        member = image_member(raw)
+        if member is None:
+            skips.skip("no_image", where)
+            return None
+        try:
+            img = decode_image(member[1])
+        except ValueError as e:
+            skips.skip("bad_image", f"{where}: {e}")
+            return None
+        return {"image": self.transform(img), "text": text, "lang": self.lang_to_id[lang], "target": target,
+                "index": 0, "skipped": []}
+
+
+class VQABatchCollator:
+    """:class:`~xvl.data.vqa.VQACollator` with the question under ``vqa_*`` keys (``vqa_input_ids``,
+    ``vqa_attention_mask``, ``vqa_lang``, ``vqa_targets``), so caption objectives skip VQA batches."""
+
+    def __init__(self, tokenizer, max_length: int, num_answers: int):
+        from xvl.data.vqa import VQACollator
+
+        self.collate = VQACollator(tokenizer, max_length, num_answers)
+
+    def __call__(self, samples: List[dict]) -> dict:
+        b = self.collate(samples)
+        return {"image": b["image"], "vqa_input_ids": b["input_ids"], "vqa_attention_mask": b["attention_mask"],
+                "vqa_lang": b["lang"], "vqa_targets": b["targets"], "n_skipped": b["n_skipped"]}
+
+
 class PairItemMaker:
     """An in-memory :class:`~xvl.data.parallel.ParallelPair` -> a translation pair item."""
 
@@ -196,6 +261,7 @@ class ResolvedSource:
     counts: Optional[List[int]] = None  # shards: samples per shard (from the index)
     index: Optional[dict] = None
     pairs: Optional[list] = None  # text types: the ParallelPairs
+    answers: Optional[List[str]] = None  # vqa: the answer vocabulary
     hf_columns: object = None
     path: str = ""  # the resolved path
 
@@ -249,17 +315,28 @@ def resolve_sources(cfg, known_languages: Sequence[str], skips: Optional[SkipCou
             task = src.task or ("text_pair" if kind == "parallel" else "image_text")
             if (task == "text_pair") != (kind == "parallel"):
                 raise ValueError(f"data.sources {name}: task {task} does not fit {kind} shards")
+            answers = None
+            if task == "vqa":
+                from xvl.data.vqa import load_answer_vocabulary
+
+                answers = load_answer_vocabulary(_resolve(d.root, src.answers))
+                if index is not None and not index.get("n_questions"):
+                    raise ValueError(f"data.sources {name}: the shards hold no questions "
+                                     "(write them with xvl data make-shards --vqa FILE)")
             if index is not None:
                 langs = set(index.get("languages") or {})
                 if task == "text_pair" and src.languages:
                     langs &= set(src.languages)
                 if task == "image_text" and keep is not None:
                     langs &= keep
+                if task == "vqa":
+                    langs = set(src.question_languages)
                 unknown = sorted(langs - known)
                 if unknown:
                     raise ValueError(f"data.sources {name}: the shards have languages {unknown} that are not in "
                                      f"model.languages; add them there or filter with data.languages")
-            out.append(ResolvedSource(name, task, src.weight, src, urls=urls, counts=counts, index=index))
+            out.append(ResolvedSource(name, task, src.weight, src, urls=urls, counts=counts, index=index,
+                                      answers=answers))
         elif src.type == "hf":
             from xvl.data.hf_source import HFColumns, check_columns, load_hf_dataset
 
@@ -306,8 +383,9 @@ def _index_of(path: str) -> Optional[dict]:
 
 
 def stream_sources(resolved: Sequence[ResolvedSource], cfg, builder: Optional[CaptionItemBuilder],
-                   lang_to_id: Dict[str, int]) -> List[StreamSource]:
-    """The :class:`StreamSource` of every resolved source (openers and item makers)."""
+                   lang_to_id: Dict[str, int], plain_transform=None) -> List[StreamSource]:
+    """The :class:`StreamSource` of every resolved source (openers and item makers);
+    ``plain_transform`` (resize only) is the image transform of VQA items."""
     s = cfg.data.stream
     out = []
     for r in resolved:
@@ -318,7 +396,9 @@ def stream_sources(resolved: Sequence[ResolvedSource], cfg, builder: Optional[Ca
             opener = OpenHF(r.path, src.split, src.streaming, r.hf_columns, s.shuffle_buffer)
         else:
             opener = OpenList(r.pairs)
-        if r.task == "image_text":
+        if r.task == "vqa":
+            make = VQAItemMaker(plain_transform, lang_to_id, r.answers, src.question_languages)
+        elif r.task == "image_text":
             make = CaptionItemMaker(builder, cfg.data.languages, cfg.data.exclude_kinds, list(lang_to_id))
         elif r.pairs is not None:
             make = PairItemMaker(lang_to_id, swap=cfg.data.parallel.swap)

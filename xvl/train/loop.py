@@ -123,7 +123,8 @@ class TrainingData:
     def kind(self) -> str:
         if self.streams is not None:
             tasks = {s.task for s in self.streams}
-            return "mixed" if len(tasks) > 1 else ("captions" if tasks == {"image_text"} else "parallel")
+            return {frozenset({"text_pair"}): "parallel", frozenset({"image_text"}): "captions"}.get(
+                frozenset(tasks), "mixed")
         if self.records is not None and self.corpora is not None:
             return "mixed"
         return "captions" if self.records is not None else "parallel"
@@ -175,6 +176,16 @@ def load_training_data(cfg: XVLConfig, train_path: Optional[str], skips: SkipCou
     return data
 
 
+def vqa_vocabulary(data: TrainingData) -> Optional[List[str]]:
+    """The answer vocabulary of the run's vqa sources (None without any; they must agree)."""
+    vocabularies = [s.answers for s in (data.streams or []) if s.task == "vqa"]
+    if not vocabularies:
+        return None
+    if any(v != vocabularies[0] for v in vocabularies[1:]):
+        raise ValueError("the vqa sources name different answer vocabularies: use one answers file")
+    return vocabularies[0]
+
+
 def task_ratios(cfg: XVLConfig, data: TrainingData) -> Dict[str, float]:
     """Share of micro-batches per task in a mixed run (``data.task_ratios``; default 1:1)."""
     ratios = dict(cfg.data.task_ratios) or {"image_text": 1.0, "text_pair": 1.0}
@@ -214,6 +225,11 @@ def task_collators(tasks, cfg: XVLConfig, tokenizer, objectives: CompositeObject
     made = {"image_text": CaptionCollator, "text_pair": ParallelCollator}
     out = {}
     for task in tasks:
+        if task == "vqa":  # no masking: the vqa objective reads the question as it is
+            from xvl.data.stream_sources import VQABatchCollator
+
+            out[task] = VQABatchCollator(tokenizer, cfg.model.text.max_length, len(cfg.model.vqa_answers))
+            continue
         collate = made[task](tokenizer, cfg.model.text.max_length)
         out[task] = PreparingCollator(collate, preparers, tokenizer, seed=cfg.train.seed) if preparers else collate
     return out
@@ -249,7 +265,8 @@ def build_stream(data: TrainingData, cfg: XVLConfig, model: XVLModel, tokenizer,
 
     tasks = sorted({s.task for s in data.streams})
     builder = caption_item_builder(cfg, model, objectives) if "image_text" in tasks else None
-    sources = stream_sources(data.streams, cfg, builder, model.lang_to_id)
+    plain = build_image_transform(model.vision.data_config(), train=False) if "vqa" in tasks else None
+    sources = stream_sources(data.streams, cfg, builder, model.lang_to_id, plain_transform=plain)
     positions, seed_batch = None, 0
     if data_state is not None:
         workers = max(1, cfg.data.num_workers)
@@ -366,6 +383,13 @@ def train(cfg: XVLConfig, resume: bool = False) -> TrainResult:
     if t.init_from and not (resume and latest_checkpoint(run_dir) is not None):
         copied = init_from_model_dir(model, t.init_from, t.init_parts)
         logger.info("initialised %s from %s", copied, t.init_from)
+    vqa_answers = vqa_vocabulary(data)
+    if vqa_answers is not None:
+        if not any(spec.name == "vqa" for spec in cfg.objectives):
+            raise ValueError("data.sources has a vqa source but no vqa objective reads it: add {name: vqa}")
+        if list(model.cfg.vqa_answers) != vqa_answers:
+            model.set_answer_vocabulary(vqa_answers)
+        cfg.model.vqa_answers = list(vqa_answers)
     objectives = build_objectives(cfg.objectives, model=model)
     module = TrainingModule(model, objectives)
     optimizer = build_optimizer(module, t.lr, t.weight_decay, t.betas, t.eps)
