@@ -180,3 +180,14 @@ def test_vqa_source_mixed_into_pretraining(demo, shards, tmp_path):
         assert len(model.cfg.vqa_answers) == len(json.load(f)) and model.answer_head is not None
     # a vqa source without the vqa objective is an error before training
     assert main(_args(demo, tmp_path / "bad", sources, "model.fusion.layers=1", "objectives=[{name: itc}]")) == 2
+
+
+def test_make_from_writes_the_shards_once_then_reads_them(demo, tmp_path):
+    auto = tmp_path / "auto"
+    sources = f"[{{type: shards, path: {auto}, make_from: {demo.train}}}]"
+    assert main(_args(demo, tmp_path / "r1", sources, "train.max_steps=2", "train.ckpt_every=0")) == 0
+    index = json.loads((auto / "index.json").read_text())
+    assert index["n_samples"] == 48
+    stamp = os.path.getmtime(auto / "index.json")
+    assert main(_args(demo, tmp_path / "r2", sources, "train.max_steps=2", "train.ckpt_every=0")) == 0
+    assert os.path.getmtime(auto / "index.json") == stamp  # not rewritten

@@ -270,6 +270,15 @@ def _resolve(root: str, path: str) -> str:
     return path if (os.path.isabs(path) or os.path.exists(path) or "://" in path) else os.path.join(root, path)
 
 
+def shard_output_path(root: str, path: str) -> str:
+    """Where ``make_from`` shards live: ``path`` as given or under ``data.root`` when it exists
+    there, else as given (relative to the working directory: ``data.root`` may be read-only)."""
+    under_root = os.path.join(root, path)
+    if not (os.path.isabs(path) or os.path.exists(path)) and os.path.exists(under_root):
+        return under_root
+    return path
+
+
 def make_missing_shards(cfg, is_main: bool = True) -> None:
     """Write the shards of ``shards`` sources that name ``make_from`` and have no index yet (on the
     main process; the caller waits for it on the others)."""
@@ -278,7 +287,7 @@ def make_missing_shards(cfg, is_main: bool = True) -> None:
     for src in cfg.data.sources:
         if src.type != "shards" or not src.make_from:
             continue
-        out = _resolve(cfg.data.root, src.path)
+        out = shard_output_path(cfg.data.root, src.path)
         if os.path.exists(os.path.join(out, INDEX_NAME)):
             continue
         if not is_main:
@@ -304,7 +313,7 @@ def resolve_sources(cfg, known_languages: Sequence[str], skips: Optional[SkipCou
     out: List[ResolvedSource] = []
     for src in d.sources:
         name = src.name or f"{src.type}:{src.path}"
-        path = _resolve(d.root, src.path)
+        path = shard_output_path(d.root, src.path) if src.make_from else _resolve(d.root, src.path)
         if src.type == "shards":
             from xvl.data.streaming import expand_shard_spec, shard_sample_counts
 
