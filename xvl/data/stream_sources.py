@@ -77,6 +77,19 @@ class OpenHF:
 
 # ---------------------------------------------------------------- item makers (raw -> item)
 
+def _decoded_image(raw: dict, where: str, skips: SkipCounter):
+    """The sample's RGB image, or None after counting ``no_image`` / ``bad_image``."""
+    member = image_member(raw)
+    if member is None:
+        skips.skip("no_image", where)
+        return None
+    try:
+        return decode_image(member[1])
+    except ValueError as e:
+        skips.skip("bad_image", f"{where}: {e}")
+        return None
+
+
 class CaptionItemMaker:
     """A raw image-caption sample (shards or HF) -> a caption item (:class:`CaptionItemBuilder`).
 
@@ -103,14 +116,8 @@ class CaptionItemMaker:
                                        where=where, unknown_language="skip")
         if rec is None:
             return None
-        member = image_member(raw)
-        if member is None:
-            skips.skip("no_image", where)
-            return None
-        try:
-            img = decode_image(member[1])
-        except ValueError as e:
-            skips.skip("bad_image", f"{where}: {e}")
+        img = _decoded_image(raw, where, skips)
+        if img is None:
             return None
         return self.builder.build(rec, img, rng)
 
@@ -207,14 +214,8 @@ class VQAItemMaker:
             skips.skip("no_usable_question", where)
             return None
         text, lang, target = rng.choice(usable)
-        member = image_member(raw)
-        if member is None:
-            skips.skip("no_image", where)
-            return None
-        try:
-            img = decode_image(member[1])
-        except ValueError as e:
-            skips.skip("bad_image", f"{where}: {e}")
+        img = _decoded_image(raw, where, skips)
+        if img is None:
             return None
         return {"image": self.transform(img), "text": text, "lang": self.lang_to_id[lang], "target": target,
                 "index": 0, "skipped": []}
