@@ -271,6 +271,10 @@ def _resolve(root: str, path: str) -> str:
     return path if (os.path.isabs(path) or os.path.exists(path) or "://" in path) else os.path.join(root, path)
 
 
+#: samples per shard when a run writes its own shards (``make_from``)
+MAKE_FROM_SHARD_SAMPLES = 1000
+
+
 def shard_output_path(root: str, path: str) -> str:
     """Where ``make_from`` shards live: ``path`` as given or under ``data.root`` when it exists
     there, else as given (relative to the working directory: ``data.root`` may be read-only)."""
@@ -301,7 +305,10 @@ def make_missing_shards(cfg, is_main: bool = True) -> None:
             raise FileNotFoundError(f"data.sources ({src.path}): make_from file not found: {jsonl}")
         image_root = _resolve(cfg.data.root, cfg.data.image_root) if cfg.data.image_root else None
         logger.info("writing shards of %s into %s (once; later runs read them)", jsonl, out)
-        write_shards(JsonlImageSource(jsonl, image_root=image_root), out, seed=cfg.train.seed)
+        # small shards, so that many processes x workers each get several (a user converting a large
+        # set picks sizes with `xvl data make-shards --max-samples/--max-bytes`)
+        write_shards(JsonlImageSource(jsonl, image_root=image_root), out, seed=cfg.train.seed,
+                     max_samples=MAKE_FROM_SHARD_SAMPLES)
 
 
 def resolve_sources(cfg, known_languages: Sequence[str], skips: Optional[SkipCounter] = None) -> List[ResolvedSource]:
