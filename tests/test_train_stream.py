@@ -191,3 +191,19 @@ def test_make_from_writes_the_shards_once_then_reads_them(demo, tmp_path):
     stamp = os.path.getmtime(auto / "index.json")
     assert main(_args(demo, tmp_path / "r2", sources, "train.max_steps=2", "train.ckpt_every=0")) == 0
     assert os.path.getmtime(auto / "index.json") == stamp  # not rewritten
+
+
+def test_parallel_text_shards_feed_text_pair_batches(demo, parallel, tmp_path):
+    """make-shards --aligned -> parallel shards -> translation-pair batches (text-only run)."""
+    pshards = tmp_path / "pshards"
+    assert main(["data", "make-shards", "--aligned", f"{parallel}/train", "--out", str(pshards),
+                 "--max-samples", "4", "--no-progress"]) == 0
+    out = tmp_path / "text"
+    assert main(_args(demo, out, f"[{{type: shards, path: {pshards}, pairs: 'pivot:en'}}]", "data.val=null",
+                      "train.max_steps=4", "train.ckpt_every=0", "data.stream.shuffle_buffer=0",
+                      "objectives=[{name: itc, args: {view_a: text_embeds, view_b: pair_embeds}}]")) == 0
+    rows = _rows(out)
+    assert len(rows) == 4 and all("ttc_loss" in r for r in rows)  # itc with text views logs as ttc
+    with open(out / "checkpoint-00000004" / "trainer_state.json") as f:
+        state = json.load(f)
+    assert state["data_state"]["positions"]["0"]["0"][f"shards:{pshards}"] == 32  # 4 steps x 8 pairs
