@@ -10,11 +10,13 @@ Two pipelines, each timed for every DataLoader worker count N of ``--workers``:
 - ``shards`` (what training runs): :class:`~xvl.data.stream_dataset.StreamingBatches` over one
   :class:`~xvl.data.stream_dataset.StreamSource` (``OpenShards`` + ``CaptionItemMaker``): tar
   read, JSON + image decode, transform, caption sampling, then ``CaptionCollator`` (tokenization),
-  all in the workers; ``DataLoader(batch_size=None, num_workers=N, multiprocessing_context="spawn")``
-  exactly as :func:`xvl.train.loop.train` builds it.
+  all in the workers; ``make_loader(ds, N, batch_size=None)`` (a spawn DataLoader,
+  :mod:`xvl.data.loader`) exactly as :func:`xvl.train.loop.train` builds it.
 - ``baseline``: a plain map-style Dataset over the jsonl records that opens each image file with
   PIL, applies the same transform and picks a caption; a collate function tokenizes with the same
-  tokenizer; ``DataLoader(batch_size=B, shuffle=True, drop_last=True, num_workers=N, spawn)``.
+  tokenizer; ``DataLoader(batch_size=B, shuffle=True, drop_last=True, num_workers=N, spawn)``
+  (through ``make_loader`` too: its only addition is the clean worker exit, which costs nothing
+  per batch; a plain loader stopped after N batches aborted its busy workers).
   (The shuffle is a ``RandomSampler`` drawing as many samples as the run needs, so a small dataset
   wraps to a new permutation without an epoch boundary in the timed window.)
 
@@ -88,6 +90,8 @@ from typing import Dict, List, Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from xvl.data.loader import make_loader
 
 PIPELINES = ("baseline", "shards")
 TOKENIZER_TEXTS = 20_000
@@ -192,8 +196,7 @@ def shards_loader(shard_dir: str, workers: int, builder, tokenizer, args) -> Dat
     source = StreamSource("shards", "image_text", 1.0, opener, CaptionItemMaker(builder))
     ds = StreamingBatches([source], {"image_text": CaptionCollator(tokenizer, args.max_length)}, args.batch_size,
                           seed=args.seed)
-    return DataLoader(ds, batch_size=None, num_workers=workers,
-                      multiprocessing_context="spawn" if workers > 0 else None)
+    return make_loader(ds, workers, batch_size=None)
 
 
 def baseline_loader(dataset: Dataset, workers: int, tokenizer, args) -> DataLoader:
@@ -201,9 +204,8 @@ def baseline_loader(dataset: Dataset, workers: int, tokenizer, args) -> DataLoad
     n = (args.warmup + args.batches) * args.batch_size
     # shuffle=True, but drawing enough samples for the whole run (a new permutation after each pass)
     sampler = RandomSampler(dataset, num_samples=n, generator=torch.Generator().manual_seed(args.seed))
-    return DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, drop_last=True,
-                      collate_fn=TokenizingCollate(tokenizer, args.max_length), num_workers=workers,
-                      multiprocessing_context="spawn" if workers > 0 else None)
+    return make_loader(dataset, workers, batch_size=args.batch_size, sampler=sampler, drop_last=True,
+                       collate_fn=TokenizingCollate(tokenizer, args.max_length))
 
 
 # ------------------------------------------------------------------ memory and timing

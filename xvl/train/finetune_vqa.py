@@ -31,10 +31,10 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from xvl.atomic import atomic_write_text
 from xvl.data.images import SkipCounter
+from xvl.data.loader import make_loader
 from xvl.data.transforms import build_image_transform
 from xvl.data.vqa import VQACollator, VQADataset, check_languages, load_answer_vocabulary, read_vqa_jsonl
 from xvl.evaluation.vqa import answer_logits, evaluate_vqa
@@ -142,10 +142,10 @@ def finetune_vqa(model_dir: str, train_file: str, out_dir: str, answers_file: st
     if len(dataset) == 0:
         raise ValueError(f"{train_file}: no trainable question in languages {languages} "
                          f"(out of vocabulary: {dataset.n_out_of_vocabulary}, skipped: {skips.as_dict()})")
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) >= batch_size,
-                        generator=torch.Generator().manual_seed(seed), num_workers=num_workers,
-                        collate_fn=VQACollator(model.tokenizer, model.cfg.text.max_length, len(answers)),
-                        persistent_workers=num_workers > 0)
+    loader = make_loader(dataset, num_workers, batch_size=batch_size, shuffle=True,
+                         drop_last=len(dataset) >= batch_size, generator=torch.Generator().manual_seed(seed),
+                         collate_fn=VQACollator(model.tokenizer, model.cfg.text.max_length, len(answers)),
+                         persistent_workers=num_workers > 0)
     total = int(max_steps) if max_steps is not None else max(1, math.ceil(epochs * len(loader)))
     warmup = int(warmup_ratio * total)
     optimizer = build_optimizer(model, lr, weight_decay, betas=(0.9, 0.999), eps=1e-8)

@@ -19,7 +19,6 @@ from typing import Dict, List, Optional
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from xvl.atomic import atomic_write_text
 from xvl.config import XVLConfig, save_config, to_dict
@@ -27,6 +26,7 @@ from xvl.data.mixing import MixedBatchSampler, TaskCollator, TaskDataset
 from xvl.data.captions import (CaptionCollator, CaptionItemBuilder, ImageCaptionDataset, PreparingCollator,
                                load_caption_records, read_caption_jsonl)
 from xvl.data.images import SkipCounter
+from xvl.data.loader import make_loader
 from xvl.data.sampler import ResumableBatchSampler
 from xvl.data.transforms import build_image_transform
 from xvl.models.model import XVLModel, init_from_model_dir
@@ -414,19 +414,17 @@ def train(cfg: XVLConfig, resume: bool = False) -> TrainResult:
     unwrapped: TrainingModule = accelerator.unwrap_model(module)
 
     world, rank = accelerator.num_processes, accelerator.process_index
-    spawn = "spawn" if cfg.data.num_workers > 0 else None
     if data.streams is not None:
         # each process streams its own part of every source (never through accelerator.prepare, which
         # would read on rank 0 and broadcast); workers decode and tokenize
         dataset = build_stream(data, cfg, model, tokenizer, objectives, rank, world,
                                start_batch=start_step * t.grad_accum_steps, data_state=data_state)
-        loader = DataLoader(dataset, batch_size=None, num_workers=cfg.data.num_workers, multiprocessing_context=spawn)
+        loader = make_loader(dataset, cfg.data.num_workers, batch_size=None)
     else:
         dataset, collate = build_dataset(data, cfg, model, tokenizer, objectives)
         sampler = build_sampler(dataset, data, cfg, world, rank, start_batch=start_step * t.grad_accum_steps)
         # one loader for the whole run: workers start once, not every epoch
-        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers,
-                            multiprocessing_context=spawn)
+        loader = make_loader(dataset, cfg.data.num_workers, batch_sampler=sampler, collate_fn=collate)
     batches = iter(loader)
     # streamed data: the newest raw-sample positions per worker, from the batches actually consumed
     stream_positions: Dict[int, Dict[str, int]] = dict(getattr(dataset, "positions", None) or {})
