@@ -236,9 +236,11 @@ class CaptionItemBuilder:
     def build(self, rec: CaptionRecord, img, rng: random.Random, skipped: Optional[List[str]] = None) -> dict:
         """The item for ``rec`` with its decoded RGB image ``img``; all randomness from ``rng``."""
         lang, j = self.pick_caption(rec, rng)
-        # the crop's randomness comes from the same per-sample seed (exact resume)
+        # the crop's randomness comes from the same per-sample seed (exact resume). Only the CPU
+        # generator: torch.manual_seed also seeds every accelerator backend, which costs more
+        # than decoding the image (a quarter of a loader worker's time)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(rng.getrandbits(63))
+            torch.default_generator.manual_seed(rng.getrandbits(63))
             pixels = self.transform(img)
         sample = {"image": pixels, "text": rec.captions[lang][j], "lang": self.lang_to_id[lang],
                   "skipped": list(skipped or [])}
