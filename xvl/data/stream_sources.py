@@ -427,10 +427,28 @@ def stream_sources(resolved: Sequence[ResolvedSource], cfg, builder: Optional[Ca
 
 
 def source_texts(resolved: Sequence[ResolvedSource], limit: int) -> Iterator[str]:
-    """Up to ``limit`` sentences from the sources, in turn (to train a tokenizer on)."""
+    """Up to ``limit`` sentences from the sources, in turn (to train a tokenizer on).
+
+    Each source gives an equal share. A source that holds more than its share is thinned evenly
+    (every k-th text) where its size is known (parallel text in memory; shards by their index),
+    so that a share is not just the head of the data: parallel text is grouped by language pair,
+    and its head would leave whole languages out of the vocabulary. Sources of unknown size
+    (HF datasets, shards without an index) give their first texts.
+    """
     per_source = max(1, limit // max(1, len(resolved)))
     for r in resolved:
-        yield from _limited(_texts_of(r), per_source)
+        total = _text_count(r)
+        step = max(1, -(-total // per_source)) if total else 1
+        yield from _limited((t for i, t in enumerate(_texts_of(r)) if i % step == 0), per_source)
+
+
+def _text_count(r: ResolvedSource) -> Optional[int]:
+    """How many texts :func:`_texts_of` yields for ``r``, where known without reading it."""
+    if r.pairs is not None:
+        return 2 * len(r.pairs)
+    if r.config.type == "shards" and r.index is not None and r.index.get("languages"):
+        return int(sum(r.index["languages"].values()))
+    return None
 
 
 def _limited(it, n):
