@@ -4,8 +4,8 @@
 Every variant is one ``xvl train`` run on flickr8k-ml train + Multi30K (the model and data of
 ``configs/flickr8k-ml.yaml``), evaluated on flickr8k-ml val per language:
 
-- ``itc``:  image-caption contrastive only (configs/flickr8k-ml.yaml with objectives replaced, no
-  parallel text: ITC cannot use translation batches)
+- ``itc``:  image-caption contrastive only (configs/flickr8k-ml.yaml with objectives replaced and
+  its parallel-text source dropped: ITC cannot use translation batches)
 - ``+ttc``: + image-second-caption and caption-translation terms in the same space
 - ``cclm``: configs/cclm.yaml (+ ITM, TTM, conditional MLM on every row)
 - ``uc2``:  configs/uc2.yaml (ITC, TTC, ITM, VTLM, MRTM; flickr8k-ml has no boxes: MRTM skips)
@@ -26,9 +26,10 @@ import sys
 import time
 
 ITC = {"name": "itc"}
+IMAGE_ONLY = "<image-caption sources only>"  # data.sources without the parallel-text ones
 VARIANTS = {
     # ITC alone has nothing to learn from translation batches: image-caption data only
-    "itc": ("configs/flickr8k-ml.yaml", [ITC], ["data.parallel.sources=[]"]),
+    "itc": ("configs/flickr8k-ml.yaml", [ITC], [IMAGE_ONLY]),
     "+ttc": ("configs/flickr8k-ml.yaml", [ITC, {"name": "itc", "args": {"view_b": "pair_embeds"}},
                                           {"name": "ttc", "args": {"pair_rows": "strict"}}], []),
     "cclm": ("configs/cclm.yaml", None, []),
@@ -38,8 +39,19 @@ VARIANTS = {
 LANGS = ("en", "de", "fr", "cs", "zh", "nl")
 
 
+def image_sources_override(config: str) -> str:
+    """``data.sources=[...]`` keeping the config's image-caption sources (shards, hf) only."""
+    from xvl import config as C
+
+    cfg = C.load(config)
+    keep = [{k: v for k, v in C.to_dict(s).items() if v is not None} for s in cfg.data.sources
+            if s.type in ("shards", "hf")]
+    return f"data.sources={json.dumps(keep)}"
+
+
 def run_variant(name: str, args, extra) -> dict:
     config, objectives, variant_overrides = VARIANTS[name]
+    variant_overrides = [image_sources_override(config) if o == IMAGE_ONLY else o for o in variant_overrides]
     run_dir = os.path.join(args.out, name.replace("+", "plus_"))
     result = os.path.join(run_dir, "eval_retrieval.json")
     if not os.path.exists(result):

@@ -35,3 +35,21 @@ def test_train_and_evaluate_on_real_photos(tmp_path):
         ev = json.load(f)
     assert set(ev["per_language"]) == {"en", "de", "fr", "cs", "zh", "nl"}
     assert ev["per_language"]["en"]["n_images"] == 242
+
+
+def test_recipe_shards_are_made_from_the_jsonl_on_first_use_and_train(tmp_path):
+    """The real-data recipes' data path: flickr8k-ml train converted to shards by make_from, then
+    streamed; a second run reads the shards it finds instead of converting again."""
+    shards = tmp_path / "shards"
+    sources = f"[{{type: shards, path: {shards}, make_from: flickr8k-ml/train.jsonl}}]"
+    args = ["train", TINY, f"data.root={SHARED_DATA}", "data.train=null", f"data.sources={sources}",
+            "data.val=flickr8k-ml/val.jsonl", "train.max_steps=3", "train.ckpt_every=0"]
+    assert main([*args, f"train.output_dir={tmp_path / 'a'}"]) == 0
+    with open(shards / "index.json") as f:
+        index = json.load(f)
+    assert index["n_samples"] == 7606 and len(index["shards"]) == 8
+    made = os.path.getmtime(shards / "index.json")
+    assert main([*args, f"train.output_dir={tmp_path / 'b'}"]) == 0
+    assert os.path.getmtime(shards / "index.json") == made
+    with open(tmp_path / "b" / "eval_retrieval.json") as f:
+        assert set(json.load(f)["per_language"]) == {"en", "de", "fr", "cs", "zh", "nl"}

@@ -129,6 +129,9 @@ def test_bad_sources_fail_before_training(demo, shards, tmp_path, capsys):
     assert "not in model.languages" in capsys.readouterr().err
     # a missing shard path
     assert main(_args(demo, out, f"[{{type: shards, path: {tmp_path}/nope-{{000..003}}.tar}}]")) == 2
+    # task ratios of the map-style mixing, which streamed sources would silently ignore
+    assert main(_args(demo, out, f"[{{type: shards, path: {shards}}}]", "data.task_ratios={image_text: 4}")) == 2
+    assert "set data.sources[i].weight" in capsys.readouterr().err
     assert not os.path.exists(out / "checkpoint-00000001")
 
 

@@ -271,6 +271,11 @@ class XVLConfig:
             if d.train is not None or d.parallel.sources:
                 raise ConfigError("data.sources replaces data.train and data.parallel.sources: set data.train: null "
                                   "and list every training source (shards, hf, parallel text) under data.sources")
+            if d.task_ratios:
+                raise ConfigError("data.task_ratios mixes data.train with data.parallel.sources; streamed sources "
+                                  "are mixed by their own weights: set data.sources[i].weight instead")
+            if d.max_train_records is not None:
+                raise ConfigError("data.max_train_records limits data.train; it does not apply to data.sources")
             for i, src in enumerate(d.sources):
                 if not src.path:
                     raise ConfigError(f"data.sources[{i}]: path is required")
