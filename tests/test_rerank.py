@@ -74,6 +74,30 @@ def test_rerank_matches_reference_with_ties(seed):
         assert results[0]["i2t"] == pytest.approx(expected["i2t"]), K
 
 
+@pytest.mark.parametrize("coef", [0.5, 3.0])
+def test_rerank_with_contrastive_weight_matches_reference(coef):
+    """The K are ordered by log P(matched) + coef * contrastive score: the reference gets that sum
+    as its matching score."""
+    g = torch.Generator().manual_seed(7)
+    N, T = 8, 20
+    cap_img = torch.cat([torch.arange(N), torch.randint(0, N, (T - N,), generator=g)])
+    text = torch.randint(-2, 3, (T, N), generator=g).double() / 2
+    img = torch.eye(N, dtype=torch.float64)
+    prob = torch.rand(T, N, generator=g, dtype=torch.float64) * 0.98 + 0.01
+    combined = prob.log() + coef * text
+    ks = (1, 2, 5)
+    for K in (2, 5, 8):
+        expected = _reference(text.tolist(), combined.tolist(), cap_img.tolist(), K, ks)
+        got = rerank_recall_at_k(text, img, cap_img, _scorer_from_matrix(prob), K, ks=ks, contrastive_coef=coef)
+        assert got["t2i"] == pytest.approx(expected["t2i"]) and got["i2t"] == pytest.approx(expected["i2t"]), K
+    # a dominant contrastive weight gives back the contrastive ranking (no ties in these scores)
+    distinct = torch.randn(T, N, generator=g, dtype=torch.float64)
+    assert rerank_recall_at_k(distinct, img, cap_img, _scorer_from_matrix(prob), 5, ks=ks,
+                              contrastive_coef=1e6) == recall_at_k(distinct, img, cap_img, ks=ks)
+    with pytest.raises(ValueError, match="contrastive_coef"):
+        rerank_recall_at_k(text, img, cap_img, _scorer_from_matrix(prob), 2, contrastive_coef=-1.0)
+
+
 def test_rerank_scores_only_top_k_pairs_and_the_same_score_changes_nothing():
     g = torch.Generator().manual_seed(3)
     N, T, K = 7, 14, 3
@@ -166,6 +190,11 @@ def test_rerank_zero_is_the_old_result_and_schema(fused_model, tmp_path):
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="rerank"):
             evaluate_retrieval(fused_model, records, str(tmp_path), progress=False, rerank=bad)
+    mixed = evaluate_retrieval(fused_model, records, str(tmp_path), progress=False, rerank=3, batch_size=4,
+                               rerank_contrastive=1.0)
+    assert mixed["rerank_contrastive"] == 1.0 and set(mixed) == set(new) | {"rerank_contrastive"}
+    with pytest.raises(ValueError, match="set rerank K > 0"):
+        evaluate_retrieval(fused_model, records, str(tmp_path), progress=False, rerank_contrastive=1.0)
 
 
 def test_ground_truth_scorer_gives_recall_at_k_of_the_contrastive_top_k(fused_model, tmp_path, monkeypatch):
@@ -287,3 +316,6 @@ def test_cli_rerank_flag(fused_model, tmp_path, capsys):
                  "--rerank", "2", "--device", "cpu", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["rerank"] == 2 and set(res["per_language"]) == {"en", "de"}
+    assert main(["eval", "retrieval", "--model", str(tmp_path / "model"), "--data", str(data),
+                 "--rerank", "2", "--rerank-contrastive", "1", "--device", "cpu", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["rerank_contrastive"] == 1.0

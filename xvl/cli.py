@@ -2,7 +2,7 @@
 
     xvl demo [--out DIR]                             generate data, train, evaluate (the default)
     xvl train CONFIG.yaml [key=value ...] [--resume] train from a recipe
-    xvl eval retrieval --model DIR --data FILE.jsonl [--image-root DIR] [--out FILE.json] [--rerank K]
+    xvl eval retrieval --model DIR --data FILE.jsonl [--image-root DIR] [--out FILE.json] [--rerank K [--rerank-contrastive W]]
     xvl eval bitext --model DIR (--tatoeba DIR | --src FILE --tgt FILE) [--out FILE.json]
     xvl finetune vqa --model DIR --train FILE --answers FILE --out DIR [--val FILE] [--steps N]
                                                      fine-tune for VQA (English only by default)
@@ -62,7 +62,7 @@ def cmd_eval_retrieval(args) -> int:
     result = evaluate_retrieval(model, records, image_root, batch_size=args.batch_size,
                                 languages=args.languages,
                                 include_machine_translation=args.include_machine_translation,
-                                rerank=args.rerank)
+                                rerank=args.rerank, rerank_contrastive=args.rerank_contrastive)
     print(format_retrieval_table(result))
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -289,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--rerank", type=int, default=0, metavar="K",
                    help="re-score each query's top K contrastive candidates with the matching (ITM) head; "
                         "needs a model with a fusion encoder (default 0: contrastive ranking only)")
+    r.add_argument("--rerank-contrastive", type=float, default=0.0, metavar="W",
+                   help="with --rerank: order the K by log P(matched) + W x the contrastive logit "
+                        "(1: matching probability x contrastive softmax; default 0: matching score alone)")
     r.add_argument("--device")
     r.set_defaults(func=cmd_eval_retrieval)
 

@@ -32,7 +32,12 @@ Re-ranking (``--rerank K``, :func:`rerank_recall_at_k`; models with a fusion enc
 query the top K candidates by contrastive similarity are re-scored by the matching head
 (P(matched) of ``model.itm_head(model.fuse(text, image)[:, 0])``, ALBEF / CCLM's ITM re-ranking);
 the final ranking is those K ordered by matching score, followed by the other candidates in
-contrastive order. The result then also holds ``"rerank": K``.
+contrastive order. The result then also holds ``"rerank": K``. With a contrastive weight
+``w > 0`` (``--rerank-contrastive W``) the K are ordered by ``log P(matched) + w * s`` instead,
+``s`` the contrastive logit (logit scale x cosine): at ``w = 1`` that is the product of the
+matching probability and the contrastive softmax over the query's candidates, so a weak matching
+head refines the contrastive order instead of replacing it (BLIP re-ranks by ITM + ITC score
+too). The result then also holds ``"rerank_contrastive": w``.
 """
 from __future__ import annotations
 
@@ -194,7 +199,7 @@ PairScorer = Callable[[Tensor, Tensor], Tensor]
 
 
 def _reranked_ranks(sims: Tensor, true: Tensor, k: int, score: Callable[[Tensor, Tensor], Tensor],
-                    query_rows: Tensor) -> Tensor:
+                    query_rows: Tensor, contrastive_coef: float = 0.0) -> Tensor:
     """0-based rank of the best true candidate of each query after re-ranking its top ``k``.
 
     ``sims`` ``[c, M]`` contrastive scores of ``c`` queries against ``M`` candidates, ``true``
@@ -208,6 +213,7 @@ def _reranked_ranks(sims: Tensor, true: Tensor, k: int, score: Callable[[Tensor,
     wrong candidate is ahead, on a true one it is not a hit). A query whose true item is not in
     its top ``k`` keeps its contrastive rank (it is ``>= k`` and the re-sorted block does not
     move it), so only queries with a true item in the top ``k`` have their pairs scored.
+    ``contrastive_coef > 0`` re-sorts by ``log(score) + contrastive_coef * sims`` instead.
     """
     nan = torch.isnan(sims)
     # contrastive rank, exactly as recall_at_k computes it (both directions in one formula)
@@ -227,6 +233,8 @@ def _reranked_ranks(sims: Tensor, true: Tensor, k: int, score: Callable[[Tensor,
     usable = is_true & ~nan.gather(1, top)                                   # scorable true items
     m = score(query_rows[need].unsqueeze(1).expand_as(top).reshape(-1), top.reshape(-1))
     m = m.to(device=sims.device, dtype=torch.float64).view_as(top)
+    if contrastive_coef:
+        m = m.clamp_min(1e-30).log() + contrastive_coef * sims.gather(1, top).to(torch.float64)
     m_nan = torch.isnan(m)
     best = m.masked_fill(~usable | m_nan, float("-inf")).max(dim=1, keepdim=True).values
     new_rank = (((m >= best) | m_nan) & ~is_true).sum(1)
@@ -237,7 +245,8 @@ def _reranked_ranks(sims: Tensor, true: Tensor, k: int, score: Callable[[Tensor,
 
 @torch.no_grad()
 def rerank_recall_at_k(text_emb: Tensor, image_emb: Tensor, caption_image: Tensor, score_pairs: PairScorer,
-                       rerank: int, ks: Sequence[int] = DEFAULT_KS, chunk_size: int = 1024) -> dict:
+                       rerank: int, ks: Sequence[int] = DEFAULT_KS, chunk_size: int = 1024,
+                       contrastive_coef: float = 0.0) -> dict:
     """Recall@K (both directions) after re-ranking each query's top ``rerank`` candidates.
 
     Args:
@@ -248,6 +257,9 @@ def rerank_recall_at_k(text_emb: Tensor, image_emb: Tensor, caption_image: Tenso
             that needs a score (text->image: for each caption its top ``rerank`` images;
             image->text: for each image its top ``rerank`` captions).
         rerank: K >= 1, the number of top contrastive candidates to re-score.
+        contrastive_coef: 0 (default): the K are ordered by matching score alone; ``c > 0``: by
+            ``log(score) + c * (text_emb . image_emb)`` (``score`` a probability; ``c`` = weight
+            x the model's logit scale for the product-of-experts form in the module docstring).
 
     For each query the final ranking is its top-K candidates by contrastive score, ordered by
     matching score, then the other candidates in contrastive order; ranks and ties are defined
@@ -260,6 +272,8 @@ def rerank_recall_at_k(text_emb: Tensor, image_emb: Tensor, caption_image: Tenso
         raise ValueError(f"rerank must be a positive integer, got {rerank!r}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if not (isinstance(contrastive_coef, (int, float)) and math.isfinite(contrastive_coef) and contrastive_coef >= 0):
+        raise ValueError(f"contrastive_coef must be a finite number >= 0, got {contrastive_coef!r}")
     if text_emb.dim() != 2 or image_emb.dim() != 2 or text_emb.shape[1] != image_emb.shape[1]:
         raise ValueError(f"text_emb and image_emb must be [T, D] and [N, D], got shapes "
                          f"{tuple(text_emb.shape)} and {tuple(image_emb.shape)}")
@@ -286,14 +300,14 @@ def rerank_recall_at_k(text_emb: Tensor, image_emb: Tensor, caption_image: Tenso
         sims = text_emb[start:end] @ image_emb.T                                     # [c, N]
         true = caption_image[start:end].unsqueeze(1) == torch.arange(N, device=device)
         t2i_rank[start:end] = _reranked_ranks(sims, true, min(rerank, N), score_pairs,
-                                              torch.arange(start, end, device=device))
+                                              torch.arange(start, end, device=device), contrastive_coef)
     i2t_rank = torch.empty(N, dtype=torch.long, device=device)
     for start in range(0, N, chunk_size):
         end = min(start + chunk_size, N)
         sims = image_emb[start:end] @ text_emb.T                                     # [c, T]
         true = caption_image.unsqueeze(0) == torch.arange(start, end, device=device).unsqueeze(1)
         i2t_rank[start:end] = _reranked_ranks(sims, true, min(rerank, T), lambda img, txt: score_pairs(txt, img),
-                                              torch.arange(start, end, device=device))
+                                              torch.arange(start, end, device=device), contrastive_coef)
 
     def recalls(rank: Tensor) -> dict:
         return {f"r{k}": float((rank < k).double().mean()) for k in ks}
@@ -476,7 +490,8 @@ def _encode_image_tokens(model, items: list, kept: list, image_root: str, batch_
 
 def evaluate_retrieval(model, records: list, image_root: str, batch_size: int = 64,
                        languages=None, include_machine_translation: bool = False,
-                       chunk_size: int = 1024, progress: bool = True, rerank: int = 0) -> dict:
+                       chunk_size: int = 1024, progress: bool = True, rerank: int = 0,
+                       rerank_contrastive: float = 0.0) -> dict:
     """Per-language Recall@{1,5,10} in both directions (see the module docstring for the output).
 
     Args:
@@ -500,6 +515,9 @@ def evaluate_retrieval(model, records: list, image_root: str, batch_size: int = 
             :func:`_encode_image_tokens`); each caption is re-encoded by the text tower when its
             pairs are scored. 0 (default): contrastive ranking only, the result has no
             ``"rerank"`` key.
+        rerank_contrastive: weight ``w`` of the contrastive logit in the re-ranking score
+            (``log P(matched) + w * logit_scale * cosine``; 0: matching score alone); reported as
+            ``"rerank_contrastive"`` when > 0.
 
     Each image is loaded and encoded once (only images with at least one usable caption), each
     distinct caption text once per language. The model is put in eval mode under
@@ -515,6 +533,11 @@ def evaluate_retrieval(model, records: list, image_root: str, batch_size: int = 
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 0:
         raise ValueError(f"rerank must be an integer >= 0, got {rerank!r}")
+    if not (isinstance(rerank_contrastive, (int, float)) and math.isfinite(rerank_contrastive)
+            and rerank_contrastive >= 0):
+        raise ValueError(f"rerank_contrastive must be a finite number >= 0, got {rerank_contrastive!r}")
+    if rerank_contrastive and not rerank:
+        raise ValueError("rerank_contrastive weighs the contrastive score in re-ranking: set rerank K > 0 too")
     if rerank and (getattr(model, "fusion", None) is None or getattr(model, "itm_head", None) is None):
         raise ValueError(f"rerank={rerank} needs a model with a fusion encoder and matching head "
                          "(model.fusion.layers > 0); this model is a dual encoder: use rerank=0")
@@ -536,8 +559,10 @@ def evaluate_retrieval(model, records: list, image_root: str, batch_size: int = 
             raise ValueError(f"none of the {len(items)} images could be loaded from "
                              f"{image_root or os.getcwd()!r}; skipped: {skips.as_dict()}")
         image_emb = image_emb.to(device)
-        image_tokens = None
+        image_tokens, coef = None, 0.0
         if rerank:
+            if rerank_contrastive:
+                coef = float(rerank_contrastive * model.get_logit_scale().detach())
             image_tokens = _encode_image_tokens(model, items, kept, image_root, batch_size, device, progress)
 
         # captions per language, over the images that loaded: image_pos = row in image_emb
@@ -569,7 +594,7 @@ def evaluate_retrieval(model, records: list, image_root: str, batch_size: int = 
                 scorer = matching_scorer(model, [t for _, t in pairs], image_tokens, cand, lang=lang,
                                          batch_size=batch_size, progress=progress)
                 rec = rerank_recall_at_k(text_emb, cand_emb, caption_image, scorer, rerank,
-                                         ks=DEFAULT_KS, chunk_size=chunk_size)
+                                         ks=DEFAULT_KS, chunk_size=chunk_size, contrastive_coef=coef)
             else:
                 rec = recall_at_k(text_emb, cand_emb, caption_image, ks=DEFAULT_KS,
                                   chunk_size=chunk_size)
@@ -594,6 +619,8 @@ def evaluate_retrieval(model, records: list, image_root: str, batch_size: int = 
     result = {"per_language": per_language, "average": average, "n_skipped": skips.as_dict()}
     if rerank:
         result["rerank"] = rerank
+    if rerank_contrastive:
+        result["rerank_contrastive"] = float(rerank_contrastive)
     return result
 
 
