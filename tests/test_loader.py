@@ -49,3 +49,28 @@ class _RecordInit:
     def __call__(self, worker_id):
         with open(self.path, "a") as f:
             f.write(f"{worker_id}\n")
+
+
+class WarnOnce(IterableDataset):
+    """Logs one warning from inside the worker, then yields one item."""
+
+    def __iter__(self):
+        import logging
+        logging.getLogger("xvl.data.test").warning("skipped a corrupt sample")
+        yield torch.zeros(1)
+
+
+def test_workers_log_with_the_parents_format(capfd):
+    import logging
+    root = logging.getLogger()
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    old_handlers, old_level = root.handlers[:], root.level
+    root.handlers, root.level = [handler], logging.INFO
+    try:
+        assert len(list(make_loader(WarnOnce(), 1, batch_size=None))) == 1
+    finally:
+        root.handlers, root.level = old_handlers, old_level
+    err = capfd.readouterr().err
+    # without the worker's logging setup the line prints bare: "skipped a corrupt sample"
+    assert "WARNING xvl.data.test[worker 0]: skipped a corrupt sample" in err

@@ -14,10 +14,15 @@ Two things every loader here needs:
   exit hook in each worker that gives the feeder threads a bounded time to finish first (hooks
   run before finalization starts), well inside the 5 s the main process waits before it
   terminates a worker.
+
+A spawned worker also starts with logging unconfigured: its warnings (a skipped corrupt sample,
+a truncated shard) would print bare, without time, level or source. ``make_loader`` hands the
+parent's level and format to each worker, which logs them with ``[worker N]`` after the name.
 """
 from __future__ import annotations
 
 import atexit
+import logging
 import threading
 import time
 
@@ -42,22 +47,38 @@ def worker_init(worker_id: int) -> None:
     atexit.register(join_queue_feeders)
 
 
-def make_loader(dataset, num_workers: int = 0, **kwargs) -> DataLoader:
-    """A DataLoader over ``dataset`` with spawned workers that exit cleanly (other arguments as
-    for ``DataLoader``; a given ``worker_init_fn`` runs after xvl's own)."""
-    if num_workers > 0:
-        kwargs.setdefault("multiprocessing_context", "spawn")
-        user_init = kwargs.pop("worker_init_fn", None)
-        kwargs["worker_init_fn"] = worker_init if user_init is None else _Chained(user_init)
-    return DataLoader(dataset, num_workers=num_workers, **kwargs)
+class WorkerInit:
+    """The ``worker_init_fn`` of :func:`make_loader` (picklable for spawn): logging as in the
+    parent process, the clean exit of :func:`worker_init`, then the caller's own init if any."""
 
+    def __init__(self, log_level: int, log_format: str | None, log_datefmt: str | None, then=None):
+        self.log_level, self.log_format, self.log_datefmt, self.then = \
+            log_level, log_format, log_datefmt, then
 
-class _Chained:
-    """xvl's worker_init followed by a caller's (picklable for spawn)."""
-
-    def __init__(self, then):
-        self.then = then
+    @classmethod
+    def from_parent(cls, then=None) -> "WorkerInit":
+        """Capture this process's root logging level and its first handler's format."""
+        root = logging.getLogger()
+        formatter = root.handlers[0].formatter if root.handlers else None
+        return cls(root.getEffectiveLevel(), getattr(formatter, "_fmt", None),
+                   getattr(formatter, "datefmt", None), then)
 
     def __call__(self, worker_id: int) -> None:
+        if self.log_format is not None:
+            fmt = self.log_format.replace("%(name)s", f"%(name)s[worker {worker_id}]")
+            logging.basicConfig(level=self.log_level, format=fmt, datefmt=self.log_datefmt)
+        else:
+            logging.getLogger().setLevel(self.log_level)
         worker_init(worker_id)
-        self.then(worker_id)
+        if self.then is not None:
+            self.then(worker_id)
+
+
+def make_loader(dataset, num_workers: int = 0, **kwargs) -> DataLoader:
+    """A DataLoader over ``dataset`` with spawned workers that log like the parent and exit
+    cleanly (other arguments as for ``DataLoader``; a given ``worker_init_fn`` runs after xvl's
+    own)."""
+    if num_workers > 0:
+        kwargs.setdefault("multiprocessing_context", "spawn")
+        kwargs["worker_init_fn"] = WorkerInit.from_parent(kwargs.pop("worker_init_fn", None))
+    return DataLoader(dataset, num_workers=num_workers, **kwargs)
