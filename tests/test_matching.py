@@ -197,6 +197,29 @@ def test_random_negatives_are_uniform_draws(fused_model, monkeypatch):
     assert all(torch.equal(sim, torch.zeros_like(sim)) for sim, _, _ in calls)
 
 
+def test_hard_negative_warmup_uses_uniform_draws_then_hard_ones_and_resumes(fused_model, monkeypatch):
+    calls = _recording_sampler(monkeypatch)
+    obj = build_objective("itm", {"hard_negative_warmup_steps": 2}, model=fused_model.eval())
+    batch = make_batch(fused_model)
+    uniform = []
+    for _ in range(4):
+        calls.clear()
+        obj(fused_model(batch), batch)
+        uniform.append(all(torch.equal(sim, torch.zeros_like(sim)) for sim, _, _ in calls))
+        obj.after_step(fused_model)
+    assert uniform == [True, True, False, False]
+    # the step count is state: a resumed objective switches at the same step
+    resumed = build_objective("itm", {"hard_negative_warmup_steps": 2}, model=fused_model)
+    resumed.load_state_dict({"steps_done": torch.tensor(1)})
+    assert not resumed.uses_hard_negatives()
+    resumed.after_step(fused_model)
+    assert resumed.uses_hard_negatives()
+    # without warm-up no buffer: older checkpoints keep loading
+    assert "steps_done" not in build_objective("itm", {}, model=fused_model).state_dict()
+    with pytest.raises(ValueError, match="hard_negative_warmup_steps"):
+        build_objective("itm", {"hard_negative_warmup_steps": -1}, model=fused_model)
+
+
 def test_identical_texts_are_not_negatives_of_each_other(fused_model, monkeypatch):
     calls = _recording_sampler(monkeypatch)
     pairs = list(PAIRS)
