@@ -36,8 +36,7 @@ Details:
   negatives ended at 0.637 / accuracy 0.667, with uniform ones at 0.354 / 0.836, and the
   flickr8k-ml recipe's 2000 hard-negative steps ended at 0.637. It is not a cure-all: on
   flickr8k-ml (32 scored rows per step) 250 uniform steps did not leave the plateau either. The
-  step count lives in a buffer
-  (saved in checkpoints, so a resumed run switches at the same step).
+  step count lives in a buffer (saved in checkpoints, so a resumed run switches at the same step).
 
 Deviation, multi-process: ALBEF gathers the embeddings of all ranks and samples negatives from the
 global batch, fetching the chosen negative's *embedding* from another rank. Here the fusion encoder
